@@ -1,0 +1,292 @@
+//! `App`, the shared state; `router()`; `serve()` with graceful shutdown. Tests build the same
+//! `AppState` and serve it on `127.0.0.1:0`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::password::Passwords;
+use crate::auth::tokens::TokenKeys;
+use crate::config::Config;
+use crate::db::{self, DbPool};
+use crate::graphql::{self, AppSchema, graphiql, http};
+use crate::mail::Mailer;
+use crate::ratelimit::Limiter;
+
+/// How long a readiness probe waits for each dependency.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// State shared by every request, connection and background task.
+pub struct App {
+    /// Everything read from the environment at start.
+    pub config: Config,
+    /// All durable state lives in Postgres.
+    pub db: DbPool,
+    /// Present when `REDIS_URL` is set: readiness now, limits and fan-out later.
+    pub redis: Option<RedisConn>,
+    /// argon2id on a bounded blocking pool.
+    pub passwords: Passwords,
+    /// Signs and verifies access tokens.
+    pub tokens: TokenKeys,
+    /// Brute-force limits on login and password reset.
+    pub limiter: Limiter,
+    /// Sends password-reset mail (SMTP, the log, or memory in tests).
+    pub mailer: Mailer,
+}
+
+/// A lazily connected, self-reconnecting Redis connection.
+pub struct RedisConn {
+    client: redis::Client,
+    manager: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+}
+
+impl RedisConn {
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        Ok(RedisConn {
+            client: redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?,
+            manager: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The shared connection, opening it on first use.
+    pub async fn connection(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        self.manager
+            .get_or_try_init(|| redis::aio::ConnectionManager::new(self.client.clone()))
+            .await
+            .cloned()
+            .context("cannot connect to Redis (REDIS_URL)")
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .context("Redis did not answer PING")?;
+        Ok(())
+    }
+}
+
+impl App {
+    /// Builds the state from a configuration. Does not touch the database: call
+    /// `db::prepare` first (as `start` does).
+    pub fn build(config: Config) -> anyhow::Result<App> {
+        Ok(App {
+            db: db::pool(&config.database)?,
+            redis: config
+                .redis
+                .url
+                .as_deref()
+                .map(RedisConn::new)
+                .transpose()?,
+            passwords: Passwords::new(config.auth.password_hash_concurrency),
+            tokens: TokenKeys::new(&config.auth),
+            limiter: Limiter::new(&config.rate_limits),
+            mailer: Mailer::from_config(&config)?,
+            config,
+        })
+    }
+}
+
+/// What the router hands to every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub app: Arc<App>,
+    pub schema: AppSchema,
+}
+
+impl AppState {
+    pub fn new(app: App) -> AppState {
+        let app = Arc::new(app);
+        AppState {
+            schema: graphql::build_schema(app.clone()),
+            app,
+        }
+    }
+}
+
+/// Everything `colloquy serve` does before listening: TLS provider, database creation and
+/// migrations, state.
+pub async fn start(config: Config) -> anyhow::Result<AppState> {
+    crate::install_crypto_provider();
+    if config.auth.jwt_secret_generated {
+        tracing::warn!(
+            "JWT_SECRET is not set: using a random secret for this process only. Every access \
+             token becomes invalid when the server restarts. Set JWT_SECRET (32+ bytes) for \
+             anything but local development."
+        );
+    }
+    db::prepare(&config.database.url).await?;
+    Ok(AppState::new(App::build(config)?))
+}
+
+pub fn router(state: AppState) -> Router {
+    let config = &state.app.config;
+    let mut router = Router::new()
+        .route("/graphql", get(http::get).post(http::post))
+        .route("/graphiql", get(graphiql::page))
+        .route("/graphiql/assets/{file}", get(graphiql::asset))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if !config.is_production() {
+        router = router.route("/", get(graphiql::page));
+    }
+    let request_id = HeaderName::from_static("x-request-id");
+    let mut router = router
+        .layer(RequestBodyLimitLayer::new(config.server.body_limit_bytes))
+        .layer(axum::middleware::map_response(http::json_payload_too_large));
+    if let Some(cors) = cors(config) {
+        router = router.layer(cors);
+    }
+    router
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// CORS for the origins in `CORS_ORIGINS`; none configured means same-origin only.
+fn cors(config: &Config) -> Option<CorsLayer> {
+    let origins = &config.server.cors_origins;
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+            .expose_headers([HeaderName::from_static("x-request-id")])
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// 200 when Postgres (and Redis, when configured) answer within two seconds; 503 otherwise,
+/// naming what failed.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let app = &state.app;
+    let database = match tokio::time::timeout(READY_TIMEOUT, db::ping(&app.db)).await {
+        Ok(Ok(())) => "ok",
+        Ok(Err(e)) => {
+            tracing::warn!(error = ?e, "readiness: database");
+            "unavailable"
+        }
+        Err(_) => {
+            tracing::warn!("readiness: database timed out");
+            "unavailable"
+        }
+    };
+    let redis = match &app.redis {
+        None => "not configured",
+        Some(redis) => match tokio::time::timeout(READY_TIMEOUT, redis.ping()).await {
+            Ok(Ok(())) => "ok",
+            Ok(Err(e)) => {
+                tracing::warn!(error = ?e, "readiness: redis");
+                "unavailable"
+            }
+            Err(_) => "unavailable",
+        },
+    };
+    let ready = database == "ok" && redis != "unavailable";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "database": database, "redis": redis })),
+    )
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish for
+/// up to `SHUTDOWN_GRACE_SECS`, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grace = state.app.config.server.shutdown_grace;
+    let limiter = state.app.limiter.clone();
+    let housekeeping = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limiter.retain_recent();
+        }
+    });
+
+    let signalled = Arc::new(Notify::new());
+    let notify = signalled.clone();
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections");
+        notify.notify_one();
+    });
+    let result = tokio::select! {
+        result = server => result.context("server failed"),
+        () = async { signalled.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
+            Ok(())
+        }
+    };
+    housekeeping.abort();
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,414 @@
+//! Configuration from the environment: every variable, its default and its meaning are listed
+//! in `.env.sample` and the README. A bad value fails at start with a sentence naming it.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use rand::RngCore;
+
+/// Where the server runs: development is friendly (GraphiQL at `/`, introspection, a
+/// generated JWT secret); production is strict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub env: Environment,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub graphql: GraphqlLimits,
+    pub quota: QuotaDefaults,
+    pub mail: MailConfig,
+    pub rate_limits: AuthRateLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind_addr: SocketAddr,
+    /// Browser origins allowed by CORS and on WebSocket upgrades; `*` allows any.
+    pub cors_origins: Vec<String>,
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Take the client IP from `X-Forwarded-For` (only behind a proxy that sets it).
+    pub trust_proxy_headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub pool_size: usize,
+    pub pool_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct AuthConfig {
+    /// HS256 key. Never printed: `Debug` is redacted.
+    pub jwt_secret: Vec<u8>,
+    /// True when no `JWT_SECRET` was given and one was generated for this process.
+    pub jwt_secret_generated: bool,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub password_reset_ttl: Duration,
+    /// How many argon2 hashes may run at once on the blocking pool.
+    pub password_hash_concurrency: usize,
+    /// The link mailed for a password reset; `?token=...` is appended.
+    pub password_reset_url: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &"<redacted>")
+            .field("jwt_secret_generated", &self.jwt_secret_generated)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("access_token_ttl", &self.access_token_ttl)
+            .field("refresh_token_ttl", &self.refresh_token_ttl)
+            .field("password_reset_ttl", &self.password_reset_ttl)
+            .field("password_hash_concurrency", &self.password_hash_concurrency)
+            .field("password_reset_url", &self.password_reset_url)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphqlLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_aliases: usize,
+    pub max_query_bytes: usize,
+    /// Operations per batched request; 1 turns batching off.
+    pub max_batch: usize,
+    pub introspection: bool,
+    pub suggestions: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriodSetting {
+    Day,
+    Month,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuotaDefaults {
+    pub period: QuotaPeriodSetting,
+    pub token_limit: Option<i64>,
+    pub message_limit: Option<i64>,
+}
+
+#[derive(Clone)]
+pub struct MailConfig {
+    /// `smtp://user:pass@host:587` (STARTTLS) or `smtps://...` (TLS); unset logs the mail.
+    pub smtp_url: Option<String>,
+    pub from: String,
+}
+
+impl std::fmt::Debug for MailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailConfig")
+            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+/// Brute-force limits on the unauthenticated account operations, per minute.
+#[derive(Debug, Clone)]
+pub struct AuthRateLimits {
+    pub login_per_email: u32,
+    pub login_per_ip: u32,
+    pub reset_per_email: u32,
+    pub reset_per_ip: u32,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests can pass a map instead of mutating the
+    /// process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let env = Env(&lookup);
+        let environment = match env.string("COLLOQUY_ENV", "development").as_str() {
+            "development" | "dev" => Environment::Development,
+            "production" | "prod" => Environment::Production,
+            other => bail!("COLLOQUY_ENV must be `development` or `production`, not `{other}`"),
+        };
+        let production = environment == Environment::Production;
+
+        let (jwt_secret, jwt_secret_generated) = match env.get("JWT_SECRET") {
+            Some(secret) => {
+                if production && secret.len() < 32 {
+                    bail!(
+                        "JWT_SECRET must be at least 32 bytes when COLLOQUY_ENV=production (it has {})",
+                        secret.len()
+                    );
+                }
+                if secret.is_empty() {
+                    bail!("JWT_SECRET is set but empty");
+                }
+                (secret.into_bytes(), false)
+            }
+            None if production => {
+                bail!("JWT_SECRET is required when COLLOQUY_ENV=production (at least 32 bytes)")
+            }
+            None => {
+                let mut secret = vec![0u8; 32];
+                rand::rng().fill_bytes(&mut secret);
+                (secret, true)
+            }
+        };
+
+        Config {
+            env: environment,
+            server: ServerConfig {
+                bind_addr: env.parse("BIND_ADDR", "127.0.0.1:8080")?,
+                cors_origins: env
+                    .string("CORS_ORIGINS", "")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.trim_end_matches('/').to_owned())
+                    .collect(),
+                body_limit_bytes: env.parse("REQUEST_BODY_LIMIT_BYTES", "1048576")?,
+                request_timeout: Duration::from_secs(env.parse("REQUEST_TIMEOUT_SECS", "30")?),
+                shutdown_grace: Duration::from_secs(env.parse("SHUTDOWN_GRACE_SECS", "10")?),
+                trust_proxy_headers: env.parse("TRUST_PROXY_HEADERS", "false")?,
+            },
+            database: DatabaseConfig {
+                url: env.string(
+                    "DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:5432/colloquy",
+                ),
+                pool_size: env.parse("DATABASE_POOL_SIZE", "16")?,
+                pool_timeout: Duration::from_secs(env.parse("DATABASE_POOL_TIMEOUT_SECS", "5")?),
+            },
+            redis: RedisConfig {
+                url: env.get("REDIS_URL").filter(|s| !s.is_empty()),
+            },
+            auth: AuthConfig {
+                jwt_secret,
+                jwt_secret_generated,
+                jwt_issuer: env.string("JWT_ISSUER", "colloquy"),
+                jwt_audience: env.string("JWT_AUDIENCE", "colloquy-api"),
+                access_token_ttl: Duration::from_secs(env.parse("ACCESS_TOKEN_TTL_SECS", "900")?),
+                refresh_token_ttl: Duration::from_secs(
+                    env.parse::<u64>("REFRESH_TOKEN_TTL_DAYS", "30")? * 86_400,
+                ),
+                password_reset_ttl: Duration::from_secs(
+                    env.parse::<u64>("PASSWORD_RESET_TTL_MINS", "30")? * 60,
+                ),
+                password_hash_concurrency: env.parse(
+                    "PASSWORD_HASH_CONCURRENCY",
+                    &std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(2)
+                        .to_string(),
+                )?,
+                password_reset_url: env
+                    .string("PASSWORD_RESET_URL", "http://127.0.0.1:8080/reset-password"),
+            },
+            graphql: GraphqlLimits {
+                max_depth: env.parse("GRAPHQL_MAX_DEPTH", "12")?,
+                max_complexity: env.parse("GRAPHQL_MAX_COMPLEXITY", "1000")?,
+                max_aliases: env.parse("GRAPHQL_MAX_ALIASES", "30")?,
+                max_query_bytes: env.parse("GRAPHQL_MAX_QUERY_BYTES", "16384")?,
+                max_batch: env.parse("GRAPHQL_MAX_BATCH", "10")?,
+                introspection: env.parse(
+                    "GRAPHQL_INTROSPECTION",
+                    if production { "false" } else { "true" },
+                )?,
+                suggestions: env.parse(
+                    "GRAPHQL_SUGGESTIONS",
+                    if production { "false" } else { "true" },
+                )?,
+            },
+            quota: QuotaDefaults {
+                period: match env
+                    .string("QUOTA_DEFAULT_PERIOD", "MONTH")
+                    .to_uppercase()
+                    .as_str()
+                {
+                    "DAY" => QuotaPeriodSetting::Day,
+                    "MONTH" => QuotaPeriodSetting::Month,
+                    other => bail!("QUOTA_DEFAULT_PERIOD must be DAY or MONTH, not `{other}`"),
+                },
+                token_limit: env.limit("QUOTA_DEFAULT_TOKEN_LIMIT", "1000000")?,
+                message_limit: env.limit("QUOTA_DEFAULT_MESSAGE_LIMIT", "unlimited")?,
+            },
+            mail: MailConfig {
+                smtp_url: env.get("SMTP_URL").filter(|s| !s.is_empty()),
+                from: env.string("MAIL_FROM", "Colloquy <no-reply@localhost>"),
+            },
+            rate_limits: AuthRateLimits {
+                login_per_email: env.parse("LOGIN_LIMIT_PER_EMAIL", "10")?,
+                login_per_ip: env.parse("LOGIN_LIMIT_PER_IP", "60")?,
+                reset_per_email: env.parse("PASSWORD_RESET_LIMIT_PER_EMAIL", "3")?,
+                reset_per_ip: env.parse("PASSWORD_RESET_LIMIT_PER_IP", "20")?,
+            },
+        }
+        .validated()
+    }
+
+    fn validated(self) -> anyhow::Result<Self> {
+        let positive = [
+            ("DATABASE_POOL_SIZE", self.database.pool_size),
+            (
+                "PASSWORD_HASH_CONCURRENCY",
+                self.auth.password_hash_concurrency,
+            ),
+            ("GRAPHQL_MAX_BATCH", self.graphql.max_batch),
+            ("GRAPHQL_MAX_DEPTH", self.graphql.max_depth),
+            ("GRAPHQL_MAX_QUERY_BYTES", self.graphql.max_query_bytes),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        let rates = [
+            ("LOGIN_LIMIT_PER_EMAIL", self.rate_limits.login_per_email),
+            ("LOGIN_LIMIT_PER_IP", self.rate_limits.login_per_ip),
+            (
+                "PASSWORD_RESET_LIMIT_PER_EMAIL",
+                self.rate_limits.reset_per_email,
+            ),
+            ("PASSWORD_RESET_LIMIT_PER_IP", self.rate_limits.reset_per_ip),
+        ];
+        for (name, value) in rates {
+            if value == 0 {
+                bail!("{name} must be at least 1 per minute");
+            }
+        }
+        if self.auth.access_token_ttl.is_zero() {
+            bail!("ACCESS_TOKEN_TTL_SECS must be at least 1");
+        }
+        url::Url::parse(&self.database.url)
+            .with_context(|| "DATABASE_URL is not a valid URL".to_string())?;
+        Ok(self)
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.env == Environment::Production
+    }
+}
+
+struct Env<'a, F: Fn(&str) -> Option<String>>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.get(name)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parse<T>(&self, name: &str, default: &str) -> anyhow::Result<T>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.string(name, default);
+        raw.trim()
+            .parse()
+            .map_err(|e| anyhow!("{name} has an invalid value `{raw}`: {e}"))
+    }
+
+    /// A non-negative limit where `unlimited` (or `none`) means no limit.
+    fn limit(&self, name: &str, default: &str) -> anyhow::Result<Option<i64>> {
+        let raw = self.string(name, default);
+        match raw.trim().to_lowercase().as_str() {
+            "unlimited" | "none" => Ok(None),
+            value => match value.parse::<i64>() {
+                Ok(n) if n >= 0 => Ok(Some(n)),
+                _ => bail!("{name} must be a non-negative integer or `unlimited`, not `{raw}`"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_work_with_nothing_set() {
+        let c = config(&[]).expect("defaults are valid");
+        assert_eq!(c.env, Environment::Development);
+        assert!(c.auth.jwt_secret_generated);
+        assert_eq!(c.auth.jwt_secret.len(), 32);
+        assert!(c.graphql.introspection);
+        assert_eq!(c.server.bind_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.quota.message_limit, None);
+    }
+
+    #[test]
+    fn production_requires_a_long_secret() {
+        let err = config(&[("COLLOQUY_ENV", "production")]).unwrap_err();
+        assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+        let err = config(&[("COLLOQUY_ENV", "production"), ("JWT_SECRET", "short")]).unwrap_err();
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+        let c = config(&[
+            ("COLLOQUY_ENV", "production"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ])
+        .expect("valid production config");
+        assert!(!c.graphql.introspection && !c.graphql.suggestions);
+        let c = config(&[
+            ("COLLOQUY_ENV", "production"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("GRAPHQL_INTROSPECTION", "true"),
+        ])
+        .expect("override");
+        assert!(c.graphql.introspection);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = config(&[("BIND_ADDR", "nowhere")]).unwrap_err();
+        assert!(err.to_string().contains("BIND_ADDR"), "{err}");
+        let err = config(&[("QUOTA_DEFAULT_TOKEN_LIMIT", "-3")]).unwrap_err();
+        assert!(
+            err.to_string().contains("QUOTA_DEFAULT_TOKEN_LIMIT"),
+            "{err}"
+        );
+        let err = config(&[("GRAPHQL_MAX_BATCH", "0")]).unwrap_err();
+        assert!(err.to_string().contains("GRAPHQL_MAX_BATCH"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let c = config(&[("JWT_SECRET", "super-secret-value-that-must-not-leak")]).expect("ok");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("super-secret"), "{printed}");
+    }
+}

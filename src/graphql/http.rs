@@ -1,0 +1,393 @@
+//! GraphQL over HTTP (POST and GET, single or batched) and over WebSocket
+//! (`graphql-transport-ws`, legacy `graphql-ws` too), both on `/graphql`.
+//!
+//! Each request is authenticated once here and runs with `Auth` and `ClientInfo` as data.
+//! Responses follow GraphQL-over-HTTP: `application/graphql-response+json` when the client
+//! accepts it (request errors then get 4xx), `application/json` otherwise.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use async_graphql::ParseRequestError;
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::{BatchRequest, BatchResponse, Data};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+
+use crate::app::{App, AppState};
+use crate::auth::{Auth, ClientInfo, authenticate, bearer};
+use crate::error::AppError;
+
+/// Largest WebSocket message a client may send (a subscribe with its variables).
+const WS_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// Starts the message of a refused `connection_init`, so the close can be given the code the
+/// graphql-transport-ws protocol prescribes (4403) instead of async-graphql's generic 1002.
+const WS_FORBIDDEN: &str = "Forbidden: ";
+
+/// Turns async-graphql's `1002` close after a refused `connection_init` into `4403 Forbidden`,
+/// which graphql-ws clients treat as final instead of reconnecting in a loop.
+fn forbidden_close_code(message: Message) -> Message {
+    match message {
+        Message::Close(Some(frame))
+            if frame.code == 1002 && frame.reason.starts_with(WS_FORBIDDEN) =>
+        {
+            Message::Close(Some(CloseFrame {
+                code: 4403,
+                reason: frame.reason,
+            }))
+        }
+        other => other,
+    }
+}
+
+/// Answers 413 from the body-limit layer (plain text) in the GraphQL error shape.
+pub async fn json_payload_too_large(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BAD_USER_INPUT",
+            "request body too large",
+        );
+    }
+    response
+}
+
+/// A JSON error body in the GraphQL response shape, for failures before execution.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": code } }]
+    });
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The request body or query string could not be read as GraphQL.
+pub struct Rejection(ParseRequestError);
+
+impl From<ParseRequestError> for Rejection {
+    fn from(err: ParseRequestError) -> Self {
+        Rejection(err)
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let too_large = match &self.0 {
+            ParseRequestError::PayloadTooLarge => true,
+            ParseRequestError::Io(e) => e.to_string().contains("length limit"),
+            _ => false,
+        };
+        if too_large {
+            error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                "request body too large",
+            )
+        } else {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("invalid GraphQL request: {}", self.0),
+            )
+        }
+    }
+}
+
+/// The client's address: the socket peer, or the first `X-Forwarded-For` hop when the server
+/// is configured to trust its proxy.
+fn client_info(app: &App, headers: &HeaderMap, peer: SocketAddr) -> ClientInfo {
+    let forwarded = app
+        .config
+        .server
+        .trust_proxy_headers
+        .then(|| {
+            headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        })
+        .flatten();
+    ClientInfo {
+        ip: Some(forwarded.unwrap_or(peer.ip())),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
+async fn http_auth(app: &App, headers: &HeaderMap) -> Auth {
+    match headers.get(header::AUTHORIZATION) {
+        None => Auth::Anonymous,
+        Some(value) => match value.to_str().ok().and_then(bearer) {
+            Some(token) => authenticate(app, Some(token)).await,
+            None => Auth::Rejected,
+        },
+    }
+}
+
+pub async fn post(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    request: GraphQLBatchRequest<Rejection>,
+) -> Response {
+    execute(&state, &headers, peer, request.into_inner(), false).await
+}
+
+/// GET: a WebSocket upgrade, or a query in the query string (mutations are refused).
+pub async fn get(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request<Body>,
+) -> Response {
+    let wants_websocket = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if wants_websocket {
+        return websocket(state, peer, request).await;
+    }
+    let headers = request.headers().clone();
+    match GraphQLBatchRequest::<Rejection>::from_request(request, &state).await {
+        Ok(batch) => execute(&state, &headers, peer, batch.into_inner(), true).await,
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// True when the operation the request selects is not a query (GET may only read).
+fn is_non_query(request: &async_graphql::Request) -> bool {
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false; // execution reports the syntax error
+    };
+    let operation = match (&document.operations, &request.operation_name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    };
+    operation.is_some_and(|op| op.node.ty != OperationType::Query)
+}
+
+async fn execute(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    batch: BatchRequest,
+    via_get: bool,
+) -> Response {
+    let app = &state.app;
+    let max_batch = app.config.graphql.max_batch;
+    if let BatchRequest::Batch(requests) = &batch {
+        if requests.is_empty() {
+            return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "empty batch");
+        }
+        if requests.len() > max_batch {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!(
+                    "a batch may hold at most {max_batch} operations; this one has {}",
+                    requests.len()
+                ),
+            );
+        }
+    }
+    if via_get && batch.iter().any(is_non_query) {
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_USER_INPUT",
+            "only queries may be sent with GET; use POST",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+
+    let auth = http_auth(app, headers).await;
+    let client = client_info(app, headers, peer);
+    let batch = batch.data(auth).data(client);
+    let timeout = app.config.server.request_timeout;
+    let Ok(response) = tokio::time::timeout(timeout, state.schema.execute_batch(batch)).await
+    else {
+        tracing::warn!(?timeout, "GraphQL request timed out");
+        return error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "INTERNAL",
+            "the request took too long",
+        );
+    };
+    respond(headers, response)
+}
+
+fn respond(headers: &HeaderMap, response: BatchResponse) -> Response {
+    let graphql_response_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(GRAPHQL_RESPONSE_JSON));
+    // A request error (parse, validation, limits) has no data and no path; under the
+    // graphql-response+json media type it is a 400.
+    let request_error = match &response {
+        BatchResponse::Single(r) => {
+            r.data == async_graphql::Value::Null
+                && !r.errors.is_empty()
+                && r.errors.iter().all(|e| e.path.is_empty())
+        }
+        BatchResponse::Batch(_) => false,
+    };
+    let status = if graphql_response_json && request_error {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let content_type = if graphql_response_json {
+        GRAPHQL_RESPONSE_JSON
+    } else {
+        "application/json"
+    };
+    match serde_json::to_vec(&response) {
+        Ok(body) => (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise a GraphQL response");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal server error",
+            )
+        }
+    }
+}
+
+/// Browsers do not apply CORS to WebSockets, so the Origin is checked here: same host, or in
+/// `CORS_ORIGINS`. Clients that send no Origin (not browsers) pass.
+fn origin_allowed(app: &App, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let allowed = &app.config.server.cors_origins;
+    if allowed
+        .iter()
+        .any(|o| o == "*" || o == origin.trim_end_matches('/'))
+    {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = url::Url::parse(origin).ok().map(|u| match u.port() {
+        Some(port) => format!("{}:{port}", u.host_str().unwrap_or_default()),
+        None => u.host_str().unwrap_or_default().to_owned(),
+    });
+    matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(&o))
+}
+
+async fn websocket(state: AppState, peer: SocketAddr, request: Request<Body>) -> Response {
+    if !origin_allowed(&state.app, request.headers()) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "this origin may not open a WebSocket",
+        );
+    }
+    let client = client_info(&state.app, request.headers(), peer);
+    let (mut parts, _body) = request.into_parts();
+    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
+        Ok(protocol) => protocol,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let schema = state.schema.clone();
+    let app = state.app.clone();
+    let mut data = Data::default();
+    data.insert(client);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(WS_MAX_MESSAGE_BYTES)
+        .max_frame_size(WS_MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            let (sink, stream) = socket.split();
+            let sink = sink
+                .with(|message| async move { Ok::<_, axum::Error>(forbidden_close_code(message)) });
+            GraphQLWebSocket::new_with_pair(Box::pin(sink), stream, schema, protocol)
+                .with_data(data)
+                .on_connection_init(move |payload| connection_init(app, payload))
+                .serve()
+        })
+}
+
+/// Reads the token from `connection_init`: `{"Authorization": "Bearer ..."}`,
+/// `{"authToken": "..."}` or `{"headers": {"Authorization": ...}}`. No token is an anonymous
+/// connection; a bad token closes it.
+async fn connection_init(app: Arc<App>, payload: serde_json::Value) -> async_graphql::Result<Data> {
+    // Header names are case-insensitive; clients send whatever capitalisation they like.
+    let header_value = |obj: &serde_json::Value| {
+        obj.as_object()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| v.as_str())
+            .map(str::to_owned)
+    };
+    let authorization =
+        header_value(&payload).or_else(|| payload.get("headers").and_then(header_value));
+    let token = match (
+        &authorization,
+        payload.get("authToken").and_then(|v| v.as_str()),
+    ) {
+        (Some(value), _) => Some(
+            bearer(value)
+                .ok_or_else(|| {
+                    AppError::unauthenticated(format!(
+                        "{WS_FORBIDDEN}Authorization must be `Bearer <token>`"
+                    ))
+                })?
+                .to_owned(),
+        ),
+        (None, Some(token)) => Some(token.to_owned()),
+        (None, None) => None,
+    };
+    let auth = authenticate(&app, token.as_deref()).await;
+    match auth {
+        Auth::Rejected => Err(AppError::unauthenticated(format!(
+            "{WS_FORBIDDEN}invalid, expired or revoked access token"
+        ))
+        .into()),
+        Auth::Unavailable => {
+            Err(AppError::internal(anyhow::anyhow!("session check unavailable")).into())
+        }
+        auth => {
+            let mut data = Data::default();
+            data.insert(auth);
+            Ok(data)
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Colloquy: a GraphQL API server for AI chat products.
+//!
+//! - `config`: configuration from the environment
+//! - `app`: shared state, router, `serve` with graceful shutdown
+//! - `error`: `AppError`, the closed set of client-visible failures and their codes
+//! - `db`: pool, database creation, embedded migrations, Diesel schema
+//! - `graphql`: schema builder, HTTP/WebSocket transport, limits, loaders, GraphiQL
+//! - `auth`: passwords, tokens, viewer, account operations
+//! - `users`, `workspaces`: domains (rows in `model`, API in `graphql`)
+//! - `ratelimit`: brute-force limits
+//! - `mail`: outgoing mail
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod graphql;
+pub mod mail;
+pub mod ratelimit;
+pub mod users;
+pub mod workspaces;
+
+/// reqwest and lettre use rustls without a built-in crypto provider; install ring once per
+/// process before the first TLS client is built. Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real server on loopback, a database per test, real Redis.
+
+mod common;
+
+mod accounts;
+mod limits;
+mod server;
+mod tokens;
+mod websocket;
