@@ -27,6 +27,13 @@ pub struct Config {
     pub quota: QuotaDefaults,
     pub mail: MailConfig,
     pub rate_limits: AuthRateLimits,
+    pub chat: ChatConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// The model of a new conversation when none is given.
+    pub default_model: String,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +263,9 @@ impl Config {
             mail: MailConfig {
                 smtp_url: env.get("SMTP_URL").filter(|s| !s.is_empty()),
                 from: env.string("MAIL_FROM", "Colloquy <no-reply@localhost>"),
+            },
+            chat: ChatConfig {
+                default_model: env.string("DEFAULT_MODEL", "local/echo"),
             },
             rate_limits: AuthRateLimits {
                 login_per_email: env.parse("LOGIN_LIMIT_PER_EMAIL", "10")?,

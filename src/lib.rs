@@ -6,19 +6,23 @@
 //! - `db`: pool, database creation, embedded migrations, Diesel schema
 //! - `graphql`: schema builder, HTTP/WebSocket transport, limits, loaders, GraphiQL
 //! - `auth`: passwords, tokens, viewer, account operations
-//! - `users`, `workspaces`: domains (rows in `model`, API in `graphql`)
+//! - `users`, `workspaces`, `conversations`: domains (rows in `model`, operations in
+//!   `service`, API in `graphql`)
 //! - `ratelimit`: brute-force limits
 //! - `mail`: outgoing mail
+//! - `validate`: input checks shared by the domains
 
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod conversations;
 pub mod db;
 pub mod error;
 pub mod graphql;
 pub mod mail;
 pub mod ratelimit;
 pub mod users;
+pub mod validate;
 pub mod workspaces;
 
 /// reqwest and lettre use rustls without a built-in crypto provider; install ring once per

@@ -41,21 +41,7 @@ pub fn normalize_email(field: &str, raw: &str) -> AppResult<String> {
 
 /// Trims a display name and checks it is 1 to 100 printable characters.
 pub fn normalize_display_name(field: &str, raw: &str) -> AppResult<String> {
-    let name = raw.trim();
-    let chars = name.chars().count();
-    if chars == 0 || chars > 100 {
-        return Err(AppError::bad_input(
-            field,
-            "display name must be 1 to 100 characters",
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(AppError::bad_input(
-            field,
-            "display name must not contain control characters",
-        ));
-    }
-    Ok(name.to_owned())
+    crate::validate::single_line(field, raw, 1, 100)
 }
 
 fn refresh_expiry(app: &App) -> AppResult<DateTime<Utc>> {

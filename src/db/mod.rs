@@ -164,6 +164,33 @@ pub async fn ping(pool: &DbPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `EXPLAIN` of a Diesel query, one plan line per row: lets tests check that a query the
+/// code really runs is served by an index.
+pub struct Explain<Q>(pub Q);
+
+impl<Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>>
+    diesel::query_builder::QueryFragment<diesel::pg::Pg> for Explain<Q>
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        out.push_sql("EXPLAIN ");
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+impl<Q> diesel::query_builder::QueryId for Explain<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q> diesel::query_builder::Query for Explain<Q> {
+    type SqlType = diesel::sql_types::Text;
+}
+
+impl<Q, Conn> diesel::query_dsl::RunQueryDsl<Conn> for Explain<Q> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

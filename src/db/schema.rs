@@ -1,4 +1,49 @@
-// @generated automatically by Diesel CLI.
+// @generated automatically by Diesel CLI, then edited: the generated `tsvector` columns
+// (`conversations.title_search`, `messages.content_search`) are left out. Only the raw-SQL
+// search reads them, and core Diesel has no tsvector type.
+
+diesel::table! {
+    conversations (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        created_by -> Nullable<Uuid>,
+        title -> Nullable<Text>,
+        system_prompt -> Nullable<Text>,
+        model -> Text,
+        pinned -> Bool,
+        archived -> Bool,
+        active_leaf_id -> Nullable<Uuid>,
+        message_count -> Int4,
+        preview -> Nullable<Text>,
+        last_message_at -> Nullable<Timestamptz>,
+        sort_at -> Timestamptz,
+        last_seq -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Uuid,
+        conversation_id -> Uuid,
+        parent_id -> Nullable<Uuid>,
+        seq -> Int4,
+        depth -> Int4,
+        role -> Text,
+        content -> Text,
+        status -> Text,
+        model -> Nullable<Text>,
+        prompt_tokens -> Nullable<Int4>,
+        completion_tokens -> Nullable<Int4>,
+        cost_micro_usd -> Nullable<Int8>,
+        error -> Nullable<Text>,
+        created_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
 
 diesel::table! {
     password_reset_tokens (token_hash) {
@@ -79,6 +124,10 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(conversations -> users (created_by));
+diesel::joinable!(conversations -> workspaces (workspace_id));
+diesel::joinable!(messages -> conversations (conversation_id));
+diesel::joinable!(messages -> users (created_by));
 diesel::joinable!(password_reset_tokens -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
@@ -88,6 +137,8 @@ diesel::joinable!(workspace_quotas -> workspaces (workspace_id));
 diesel::joinable!(workspaces -> users (created_by));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    conversations,
+    messages,
     password_reset_tokens,
     refresh_tokens,
     sessions,

@@ -5,6 +5,7 @@ pub mod graphiql;
 pub mod http;
 pub mod limits;
 pub mod loaders;
+pub mod pagination;
 
 use std::sync::Arc;
 
@@ -15,16 +16,22 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::auth::graphql::AuthMutation;
 use crate::config::GraphqlLimits;
+use crate::conversations::graphql::{ConversationsMutation, ConversationsQuery};
 use crate::db::DbConn;
 use crate::error::{AppError, AppResult};
 use crate::users::graphql::{UsersMutation, UsersQuery};
-use crate::workspaces::graphql::WorkspacesQuery;
+use crate::workspaces::graphql::{WorkspacesMutation, WorkspacesQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(UsersQuery, WorkspacesQuery);
+pub struct Query(UsersQuery, WorkspacesQuery, ConversationsQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AuthMutation, UsersMutation);
+pub struct Mutation(
+    AuthMutation,
+    UsersMutation,
+    WorkspacesMutation,
+    ConversationsMutation,
+);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
@@ -49,17 +56,40 @@ fn builder(limits: &GraphqlLimits) -> SchemaBuilder<Query, Mutation, EmptySubscr
 
 /// The schema the server runs, with the shared state and the loaders as data.
 pub fn build_schema(app: Arc<App>) -> AppSchema {
+    let db = || app.db.clone();
     builder(&app.config.graphql)
         .data(DataLoader::new(
-            loaders::MembersLoader { db: app.db.clone() },
+            loaders::MembersLoader { db: db() },
             tokio::spawn,
         ))
         .data(DataLoader::new(
-            loaders::QuotaLoader { db: app.db.clone() },
+            loaders::QuotaLoader { db: db() },
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            loaders::UserLoader { db: db() },
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            loaders::WorkspaceLoader { db: db() },
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            loaders::ConversationLoader { db: db() },
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            loaders::SiblingsLoader { db: db() },
             tokio::spawn,
         ))
         .data(app)
         .finish()
+}
+
+/// A DataLoader from the schema data.
+pub fn loader<'a, T: Send + Sync + 'static>(ctx: &Context<'a>) -> AppResult<&'a DataLoader<T>> {
+    ctx.data::<DataLoader<T>>()
+        .map_err(|_| AppError::internal(anyhow::anyhow!("a loader is missing from schema data")))
 }
 
 /// The SDL of the schema, as written to `schema.graphql`.

@@ -1,16 +1,18 @@
 //! The `Workspace`, `WorkspaceMember` and `Quota` types, `workspaces` and `workspace(id)`.
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{Context, Enum, ID, Object};
+use async_graphql::{Context, Enum, ID, InputObject, Object};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::auth::viewer;
 use crate::error::AppError;
+use crate::graphql::app;
 use crate::graphql::loaders::{MembersLoader, QuotaLoader};
 use crate::graphql::{conn, parse_id};
 use crate::users::graphql::UserNode;
 use crate::workspaces::model::{QuotaRow, Role, Workspace, period_end, period_start};
+use crate::workspaces::service;
 
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
 #[graphql(name = "WorkspaceRole")]
@@ -18,6 +20,16 @@ pub enum WorkspaceRoleGql {
     Owner,
     Admin,
     Member,
+}
+
+impl From<WorkspaceRoleGql> for Role {
+    fn from(role: WorkspaceRoleGql) -> Self {
+        match role {
+            WorkspaceRoleGql::Owner => Role::Owner,
+            WorkspaceRoleGql::Admin => Role::Admin,
+            WorkspaceRoleGql::Member => Role::Member,
+        }
+    }
 }
 
 impl From<Role> for WorkspaceRoleGql {
@@ -228,5 +240,128 @@ impl WorkspacesQuery {
             .await
             .map_err(AppError::from)?;
         Ok(row.map(WorkspaceNode::from))
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateWorkspaceInput {
+    /// 1 to 100 characters.
+    pub name: String,
+}
+
+#[derive(InputObject)]
+pub struct UpdateWorkspaceInput {
+    /// 1 to 100 characters.
+    pub name: String,
+}
+
+#[derive(InputObject)]
+pub struct AddWorkspaceMemberInput {
+    pub workspace_id: ID,
+    /// The email of an existing account.
+    pub email: String,
+    /// ADMIN or MEMBER.
+    pub role: WorkspaceRoleGql,
+}
+
+#[derive(InputObject)]
+pub struct UpdateWorkspaceMemberInput {
+    pub workspace_id: ID,
+    pub user_id: ID,
+    pub role: WorkspaceRoleGql,
+}
+
+fn member_node(
+    membership: crate::workspaces::model::Membership,
+    user: crate::users::model::User,
+) -> WorkspaceMemberNode {
+    WorkspaceMemberNode {
+        role: Role::from_db(&membership.role),
+        joined_at: membership.joined_at,
+        user: user.into(),
+    }
+}
+
+#[derive(Default)]
+pub struct WorkspacesMutation;
+
+#[Object]
+impl WorkspacesMutation {
+    /// Creates a workspace with the viewer as OWNER.
+    async fn create_workspace(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWorkspaceInput,
+    ) -> async_graphql::Result<WorkspaceNode> {
+        let (row, viewer_role) = service::create(app(ctx)?, viewer(ctx)?, &input.name).await?;
+        Ok(WorkspaceNode { row, viewer_role })
+    }
+
+    /// Renames a workspace (ADMIN or OWNER).
+    async fn update_workspace(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateWorkspaceInput,
+    ) -> async_graphql::Result<WorkspaceNode> {
+        let id = parse_id("id", &id)?;
+        let (row, viewer_role) = service::rename(app(ctx)?, viewer(ctx)?, id, &input.name).await?;
+        Ok(WorkspaceNode { row, viewer_role })
+    }
+
+    /// Deletes a workspace with its conversations (OWNER only; not a personal workspace).
+    async fn delete_workspace(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let id = parse_id("id", &id)?;
+        Ok(service::delete(app(ctx)?, viewer(ctx)?, id).await?)
+    }
+
+    /// Adds an existing user as ADMIN or MEMBER (ADMIN or OWNER).
+    async fn add_workspace_member(
+        &self,
+        ctx: &Context<'_>,
+        input: AddWorkspaceMemberInput,
+    ) -> async_graphql::Result<WorkspaceMemberNode> {
+        let workspace_id = parse_id("workspaceId", &input.workspace_id)?;
+        let (membership, user) = service::add_member(
+            app(ctx)?,
+            viewer(ctx)?,
+            workspace_id,
+            &input.email,
+            input.role.into(),
+        )
+        .await?;
+        Ok(member_node(membership, user))
+    }
+
+    /// Changes a member's role. ADMIN manages members below OWNER; the last OWNER cannot be
+    /// demoted.
+    async fn update_workspace_member(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateWorkspaceMemberInput,
+    ) -> async_graphql::Result<WorkspaceMemberNode> {
+        let workspace_id = parse_id("workspaceId", &input.workspace_id)?;
+        let user_id = parse_id("userId", &input.user_id)?;
+        let (membership, user) = service::update_member(
+            app(ctx)?,
+            viewer(ctx)?,
+            workspace_id,
+            user_id,
+            input.role.into(),
+        )
+        .await?;
+        Ok(member_node(membership, user))
+    }
+
+    /// Removes a member, or leaves when `userId` is the viewer. The last OWNER cannot go.
+    async fn remove_workspace_member(
+        &self,
+        ctx: &Context<'_>,
+        workspace_id: ID,
+        user_id: ID,
+    ) -> async_graphql::Result<bool> {
+        let workspace_id = parse_id("workspaceId", &workspace_id)?;
+        let user_id = parse_id("userId", &user_id)?;
+        Ok(service::remove_member(app(ctx)?, viewer(ctx)?, workspace_id, user_id).await?)
     }
 }

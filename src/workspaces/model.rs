@@ -121,8 +121,7 @@ pub fn period_end(period: &str, start: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 impl Workspace {
-    /// Creates the workspace made at registration, its OWNER membership and its quota row
-    /// from the configured defaults. Call inside the registration transaction.
+    /// Creates the workspace made at registration. Call inside the registration transaction.
     pub async fn create_personal(
         conn: &mut AsyncPgConnection,
         owner: &User,
@@ -132,24 +131,29 @@ impl Workspace {
             .chars()
             .take(100)
             .collect();
+        Workspace::create(conn, &name, true, owner.id, defaults).await
+    }
+
+    /// Creates a workspace, its OWNER membership and its quota row from the configured
+    /// defaults. Call inside a transaction.
+    pub async fn create(
+        conn: &mut AsyncPgConnection,
+        name: &str,
+        personal: bool,
+        owner_id: Uuid,
+        defaults: &QuotaDefaults,
+    ) -> QueryResult<Workspace> {
         let workspace = diesel::insert_into(workspaces::table)
             .values(&NewWorkspace {
                 id: Uuid::now_v7(),
-                name: &name,
-                personal: true,
-                created_by: Some(owner.id),
+                name,
+                personal,
+                created_by: Some(owner_id),
             })
             .returning(Workspace::as_returning())
             .get_result(conn)
             .await?;
-        diesel::insert_into(workspace_members::table)
-            .values(&NewMembership {
-                workspace_id: workspace.id,
-                user_id: owner.id,
-                role: Role::Owner.as_str(),
-            })
-            .execute(conn)
-            .await?;
+        Membership::insert(conn, workspace.id, owner_id, Role::Owner).await?;
         let period = match defaults.period {
             QuotaPeriodSetting::Day => "DAY",
             QuotaPeriodSetting::Month => "MONTH",
@@ -165,6 +169,56 @@ impl Workspace {
             .execute(conn)
             .await?;
         Ok(workspace)
+    }
+
+    pub async fn rename(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+        name: &str,
+    ) -> QueryResult<Workspace> {
+        diesel::update(workspaces::table.find(id))
+            .set((
+                workspaces::name.eq(name),
+                workspaces::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(Workspace::as_returning())
+            .get_result(conn)
+            .await
+    }
+
+    /// Deletes the workspace; memberships, quota and conversations go with it.
+    pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<usize> {
+        diesel::delete(workspaces::table.find(id))
+            .execute(conn)
+            .await
+    }
+
+    /// Locks the workspace row until the transaction ends: membership changes that must
+    /// keep an OWNER take it first, so two of them cannot both remove "the other" owner.
+    pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Uuid>> {
+        workspaces::table
+            .find(id)
+            .select(workspaces::id)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Workspaces by id with the role `viewer_id` holds in each (those it is not a member
+    /// of are absent), for the workspace loader.
+    pub async fn many_for_member(
+        conn: &mut AsyncPgConnection,
+        ids: &[Uuid],
+        viewer_id: Uuid,
+    ) -> QueryResult<Vec<(Workspace, String)>> {
+        workspaces::table
+            .inner_join(workspace_members::table)
+            .filter(workspaces::id.eq_any(ids))
+            .filter(workspace_members::user_id.eq(viewer_id))
+            .select((Workspace::as_select(), workspace_members::role))
+            .load(conn)
+            .await
     }
 
     /// The workspaces `user_id` belongs to, with the role held in each, oldest first.
@@ -221,6 +275,71 @@ impl Workspace {
 }
 
 impl Membership {
+    pub async fn insert(
+        conn: &mut AsyncPgConnection,
+        workspace_id: Uuid,
+        user_id: Uuid,
+        role: Role,
+    ) -> QueryResult<Membership> {
+        diesel::insert_into(workspace_members::table)
+            .values(&NewMembership {
+                workspace_id,
+                user_id,
+                role: role.as_str(),
+            })
+            .returning(Membership::as_returning())
+            .get_result(conn)
+            .await
+    }
+
+    pub async fn find(
+        conn: &mut AsyncPgConnection,
+        workspace_id: Uuid,
+        user_id: Uuid,
+    ) -> QueryResult<Option<Membership>> {
+        workspace_members::table
+            .find((workspace_id, user_id))
+            .select(Membership::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn set_role(
+        conn: &mut AsyncPgConnection,
+        workspace_id: Uuid,
+        user_id: Uuid,
+        role: Role,
+    ) -> QueryResult<Membership> {
+        diesel::update(workspace_members::table.find((workspace_id, user_id)))
+            .set(workspace_members::role.eq(role.as_str()))
+            .returning(Membership::as_returning())
+            .get_result(conn)
+            .await
+    }
+
+    pub async fn delete(
+        conn: &mut AsyncPgConnection,
+        workspace_id: Uuid,
+        user_id: Uuid,
+    ) -> QueryResult<usize> {
+        diesel::delete(workspace_members::table.find((workspace_id, user_id)))
+            .execute(conn)
+            .await
+    }
+
+    pub async fn count_owners(
+        conn: &mut AsyncPgConnection,
+        workspace_id: Uuid,
+    ) -> QueryResult<i64> {
+        workspace_members::table
+            .filter(workspace_members::workspace_id.eq(workspace_id))
+            .filter(workspace_members::role.eq(Role::Owner.as_str()))
+            .count()
+            .get_result(conn)
+            .await
+    }
+
     /// Members of each workspace in `ids`, with their users, for the members loader.
     pub async fn with_users(
         conn: &mut AsyncPgConnection,

@@ -3,7 +3,9 @@
 mod common;
 
 mod accounts;
+mod conversations;
 mod limits;
 mod server;
 mod tokens;
 mod websocket;
+mod workspaces;

@@ -383,3 +383,83 @@ pub fn expect_error<'a>(body: &'a Value, code: &str) -> &'a Value {
     );
     &body["errors"][0]
 }
+
+impl TestApp {
+    /// The id of the user's personal workspace.
+    pub async fn personal_workspace(&self, s: &Session) -> String {
+        let body = self
+            .gql_as(Some(&s.access), "{ workspaces { id personal } }", json!({}))
+            .await;
+        body["data"]["workspaces"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["personal"] == true))
+            .and_then(|w| w["id"].as_str())
+            .unwrap_or_else(|| panic!("no personal workspace: {body}"))
+            .to_owned()
+    }
+
+    pub async fn create_workspace(&self, s: &Session, name: &str) -> String {
+        let body = self
+            .gql_as(
+                Some(&s.access),
+                "mutation($n: String!) { createWorkspace(input: { name: $n }) { id } }",
+                json!({ "n": name }),
+            )
+            .await;
+        body["data"]["createWorkspace"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createWorkspace failed: {body}"))
+            .to_owned()
+    }
+
+    pub async fn add_member(&self, owner: &Session, workspace: &str, email: &str, role: &str) {
+        let body = self
+            .gql_as(
+                Some(&owner.access),
+                "mutation($i: AddWorkspaceMemberInput!) { addWorkspaceMember(input: $i) { role } }",
+                json!({ "i": { "workspaceId": workspace, "email": email, "role": role } }),
+            )
+            .await;
+        assert_eq!(body["data"]["addWorkspaceMember"]["role"], role, "{body}");
+    }
+
+    pub async fn create_conversation(&self, s: &Session, workspace: &str, title: &str) -> String {
+        let body = self
+            .gql_as(
+                Some(&s.access),
+                "mutation($i: CreateConversationInput!) { createConversation(input: $i) { id } }",
+                json!({ "i": { "workspaceId": workspace, "title": title } }),
+            )
+            .await;
+        body["data"]["createConversation"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createConversation failed: {body}"))
+            .to_owned()
+    }
+
+    /// Inserts a message through the internal API the generation runner uses.
+    pub async fn insert_message(
+        &self,
+        conversation: &str,
+        parent: Option<&str>,
+        role: &str,
+        content: &str,
+    ) -> String {
+        let mut conn = self.db().await;
+        let message = colloquy::conversations::service::insert_message(
+            &mut conn,
+            &colloquy::conversations::service::MessageInsert {
+                conversation_id: conversation.parse().expect("uuid"),
+                parent_id: parent.map(|p| p.parse().expect("uuid")),
+                role,
+                content,
+                status: "COMPLETE",
+                model: (role == "ASSISTANT").then_some("local/echo"),
+                created_by: None,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("insert_message: {e:?}"));
+        message.id.to_string()
+    }
+}

@@ -1,0 +1,291 @@
+//! Conversation operations, the message tree, branch selection and export.
+//!
+//! `insert_message` is the one way messages enter the tree: it hands out `seq`, checks the
+//! parent, and moves the conversation's active leaf and listing counters in one transaction.
+
+use async_graphql::Enum;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::auth::Viewer;
+use crate::conversations::model::{
+    Conversation, ConversationChanges, Message, NewConversation, NewMessage,
+};
+use crate::error::{AppError, AppResult};
+use crate::validate;
+use crate::workspaces::access::require;
+use crate::workspaces::model::Role;
+
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_SYSTEM_PROMPT_CHARS: usize = 32_000;
+
+/// The conversation if the viewer may see it (a member of its workspace), with the role held
+/// there; NOT_FOUND otherwise, whether or not it exists.
+pub async fn require_conversation(
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    id: Uuid,
+) -> AppResult<(Conversation, Role)> {
+    let (conversation, role) = Conversation::find_for_member(conn, id, viewer.user_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("conversation"))?;
+    Ok((conversation, Role::from_db(&role)))
+}
+
+/// A title: trimmed, at most 200 characters; empty means none.
+pub fn normalize_title(raw: &str) -> AppResult<Option<String>> {
+    let title = validate::single_line("title", raw, 0, MAX_TITLE_CHARS)?;
+    Ok((!title.is_empty()).then_some(title))
+}
+
+pub fn normalize_system_prompt(raw: &str) -> AppResult<Option<String>> {
+    let prompt = validate::long_text("systemPrompt", raw, MAX_SYSTEM_PROMPT_CHARS)?;
+    Ok((!prompt.trim().is_empty()).then_some(prompt))
+}
+
+/// A model id such as `openai/gpt-4o-mini`. The model catalog checks availability.
+pub fn normalize_model(raw: &str) -> AppResult<String> {
+    let model = validate::single_line("model", raw, 1, 100)?;
+    if !model.contains('/') || model.contains(char::is_whitespace) {
+        return Err(AppError::bad_input(
+            "model",
+            "a model id looks like `provider/name`",
+        ));
+    }
+    Ok(model)
+}
+
+pub struct NewConversationInput<'a> {
+    pub workspace_id: Uuid,
+    pub title: Option<&'a str>,
+    pub system_prompt: Option<&'a str>,
+    pub model: Option<&'a str>,
+}
+
+pub async fn create(
+    app: &App,
+    viewer: &Viewer,
+    input: NewConversationInput<'_>,
+) -> AppResult<Conversation> {
+    let title = input.title.map(normalize_title).transpose()?.flatten();
+    let system_prompt = input
+        .system_prompt
+        .map(normalize_system_prompt)
+        .transpose()?
+        .flatten();
+    let model = normalize_model(input.model.unwrap_or(&app.config.chat.default_model))?;
+    let mut conn = app.db.get().await?;
+    require(&mut conn, viewer, input.workspace_id, Role::Member).await?;
+    Ok(Conversation::insert(
+        &mut conn,
+        &NewConversation {
+            id: Uuid::now_v7(),
+            workspace_id: input.workspace_id,
+            created_by: Some(viewer.user_id),
+            title: title.as_deref(),
+            system_prompt: system_prompt.as_deref(),
+            model: &model,
+        },
+    )
+    .await?)
+}
+
+/// Any member may edit a conversation of the workspace.
+pub async fn update(
+    app: &App,
+    viewer: &Viewer,
+    id: Uuid,
+    changes: ConversationChanges,
+) -> AppResult<Conversation> {
+    let mut conn = app.db.get().await?;
+    require_conversation(&mut conn, viewer, id).await?;
+    let no_change = changes.title.is_none()
+        && changes.system_prompt.is_none()
+        && changes.model.is_none()
+        && changes.pinned.is_none()
+        && changes.archived.is_none();
+    if no_change {
+        return Conversation::find(&mut conn, id)
+            .await?
+            .ok_or_else(|| AppError::not_found("conversation"));
+    }
+    Ok(Conversation::update(&mut conn, id, &changes).await?)
+}
+
+/// Deletes a conversation with all its messages: its creator, or an ADMIN or OWNER.
+pub async fn delete(app: &App, viewer: &Viewer, id: Uuid) -> AppResult<bool> {
+    let mut conn = app.db.get().await?;
+    let (conversation, role) = require_conversation(&mut conn, viewer, id).await?;
+    if conversation.created_by != Some(viewer.user_id) && role < Role::Admin {
+        return Err(AppError::Forbidden(
+            "only its creator or a workspace ADMIN can delete a conversation".to_owned(),
+        ));
+    }
+    Conversation::delete(&mut conn, id).await?;
+    Ok(true)
+}
+
+/// What a message is inserted with.
+pub struct MessageInsert<'a> {
+    pub conversation_id: Uuid,
+    /// None: a new root (the first message, or a sibling of the first one).
+    pub parent_id: Option<Uuid>,
+    pub role: &'a str,
+    pub content: &'a str,
+    pub status: &'a str,
+    pub model: Option<&'a str>,
+    pub created_by: Option<Uuid>,
+}
+
+/// Inserts a message into the tree and makes it the conversation's active leaf, updating the
+/// listing counters, in one transaction (a savepoint when the caller already has one).
+/// The caller has checked access. Unknown conversation: NOT_FOUND; a parent from elsewhere:
+/// BAD_USER_INPUT.
+pub async fn insert_message(
+    conn: &mut AsyncPgConnection,
+    insert: &MessageInsert<'_>,
+) -> AppResult<Message> {
+    conn.transaction::<_, AppError, _>(async |conn| {
+        let seq = Conversation::next_seq(conn, insert.conversation_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("conversation"))?;
+        let depth = match insert.parent_id {
+            None => 1,
+            Some(parent) => {
+                Message::depth_in(conn, parent, insert.conversation_id)
+                    .await?
+                    .ok_or_else(|| {
+                        AppError::bad_input("parentId", "no such message in this conversation")
+                    })?
+                    + 1
+            }
+        };
+        let finished = matches!(insert.status, "COMPLETE" | "CANCELLED" | "FAILED");
+        let message = Message::insert(
+            conn,
+            &NewMessage {
+                id: Uuid::now_v7(),
+                conversation_id: insert.conversation_id,
+                parent_id: insert.parent_id,
+                seq,
+                depth,
+                role: insert.role,
+                content: insert.content,
+                status: insert.status,
+                model: insert.model,
+                created_by: insert.created_by,
+                completed_at: finished.then(chrono::Utc::now),
+            },
+        )
+        .await?;
+        Conversation::set_active_leaf(conn, insert.conversation_id, &message, true).await?;
+        Ok(message)
+    })
+    .await
+}
+
+/// Makes the newest leaf under `message_id` the active one, so the chat continues from
+/// there.
+pub async fn select_branch(
+    app: &App,
+    viewer: &Viewer,
+    message_id: Uuid,
+) -> AppResult<Conversation> {
+    let mut conn = app.db.get().await?;
+    let (_, conversation, _) = Message::find_for_member(&mut conn, message_id, viewer.user_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("message"))?;
+    conn.transaction::<_, AppError, _>(async |conn| {
+        // Serialise with inserts into the same conversation.
+        Conversation::next_seq(conn, conversation.id).await?;
+        let leaf = Message::newest_leaf_under(conn, message_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("message"))?;
+        Ok(Conversation::set_active_leaf(conn, conversation.id, &leaf, false).await?)
+    })
+    .await
+}
+
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Json,
+    Markdown,
+}
+
+/// Longest branch an export walks.
+const EXPORT_MAX_MESSAGES: i64 = 100_000;
+
+/// The active branch as a JSON document or Markdown.
+pub async fn export(
+    app: &App,
+    viewer: &Viewer,
+    id: Uuid,
+    format: ExportFormat,
+) -> AppResult<String> {
+    let mut conn = app.db.get().await?;
+    let (conversation, _) = require_conversation(&mut conn, viewer, id).await?;
+    let messages = Message::active_branch(&mut conn, id, 0, EXPORT_MAX_MESSAGES).await?;
+    Ok(match format {
+        ExportFormat::Json => export_json(&conversation, &messages)?,
+        ExportFormat::Markdown => export_markdown(&conversation, &messages),
+    })
+}
+
+fn export_json(conversation: &Conversation, messages: &[Message]) -> AppResult<String> {
+    let document = serde_json::json!({
+        "id": conversation.id,
+        "title": conversation.title,
+        "systemPrompt": conversation.system_prompt,
+        "model": conversation.model,
+        "createdAt": conversation.created_at.to_rfc3339(),
+        "messages": messages.iter().map(|m| serde_json::json!({
+            "id": m.id,
+            "parentId": m.parent_id,
+            "role": m.role,
+            "content": m.content,
+            "status": m.status,
+            "model": m.model,
+            "createdAt": m.created_at.to_rfc3339(),
+        })).collect::<Vec<_>>(),
+    });
+    serde_json::to_string_pretty(&document)
+        .map_err(|e| AppError::internal(anyhow::anyhow!("export json: {e}")))
+}
+
+fn export_markdown(conversation: &Conversation, messages: &[Message]) -> String {
+    let mut out = format!(
+        "# {}\n\n",
+        conversation
+            .title
+            .as_deref()
+            .unwrap_or("Untitled conversation")
+    );
+    out.push_str(&format!(
+        "_Model: {} · Exported from Colloquy_\n\n",
+        conversation.model
+    ));
+    if let Some(prompt) = &conversation.system_prompt {
+        out.push_str("## System\n\n");
+        out.push_str(prompt.trim());
+        out.push_str("\n\n");
+    }
+    for m in messages {
+        let who = match m.role.as_str() {
+            "USER" => "User".to_owned(),
+            "ASSISTANT" => format!(
+                "Assistant{}",
+                m.model
+                    .as_deref()
+                    .map(|x| format!(" ({x})"))
+                    .unwrap_or_default()
+            ),
+            _ => "System".to_owned(),
+        };
+        out.push_str(&format!("## {who}\n\n{}\n\n", m.content.trim_end()));
+        if m.status != "COMPLETE" {
+            out.push_str(&format!("_({})_\n\n", m.status.to_lowercase()));
+        }
+    }
+    out
+}
