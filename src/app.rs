@@ -24,6 +24,7 @@ use crate::auth::tokens::TokenKeys;
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::graphql::{self, AppSchema, graphiql, http};
+use crate::llm::Providers;
 use crate::mail::Mailer;
 use crate::ratelimit::Limiter;
 
@@ -46,6 +47,8 @@ pub struct App {
     pub limiter: Limiter,
     /// Sends password-reset mail (SMTP, the log, or memory in tests).
     pub mailer: Mailer,
+    /// The model catalog and one client per LLM provider.
+    pub providers: Providers,
 }
 
 /// A lazily connected, self-reconnecting Redis connection.
@@ -97,6 +100,7 @@ impl App {
             tokens: TokenKeys::new(&config.auth),
             limiter: Limiter::new(&config.rate_limits),
             mailer: Mailer::from_config(&config)?,
+            providers: Providers::new(&config.llm)?,
             config,
         })
     }

@@ -28,12 +28,46 @@ pub struct Config {
     pub mail: MailConfig,
     pub rate_limits: AuthRateLimits,
     pub chat: ChatConfig,
+    pub llm: LlmConfig,
 }
 
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
     /// The model of a new conversation when none is given.
     pub default_model: String,
+    /// Most messages of a branch sent to a model as context.
+    pub context_max_messages: usize,
+}
+
+/// Providers, models and how to talk to them.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    pub catalog: crate::llm::catalog::Catalog,
+    pub stream: crate::llm::StreamSettings,
+    /// Delay per token of `local/echo`.
+    pub echo_delay: Duration,
+    /// Encrypts workspace provider keys (AES-256-GCM). None: bring-your-own keys are off.
+    pub master_key: Option<Secret>,
+}
+
+/// A value that never appears in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -266,6 +300,35 @@ impl Config {
             },
             chat: ChatConfig {
                 default_model: env.string("DEFAULT_MODEL", "local/echo"),
+                context_max_messages: env.parse("CONTEXT_MAX_MESSAGES", "50")?,
+            },
+            llm: LlmConfig {
+                catalog: crate::llm::catalog::Catalog::load(
+                    env.get("MODEL_CATALOG_FILE")
+                        .filter(|f| !f.is_empty())
+                        .map(std::path::PathBuf::from)
+                        .as_deref(),
+                    &|name| env.get(name),
+                )?,
+                stream: crate::llm::StreamSettings {
+                    connect_timeout: Duration::from_secs(
+                        env.parse("PROVIDER_CONNECT_TIMEOUT_SECS", "10")?,
+                    ),
+                    first_token_timeout: Duration::from_secs(
+                        env.parse("PROVIDER_FIRST_TOKEN_TIMEOUT_SECS", "60")?,
+                    ),
+                    idle_timeout: Duration::from_secs(
+                        env.parse("PROVIDER_IDLE_TIMEOUT_SECS", "30")?,
+                    ),
+                    max_retries: env.parse("PROVIDER_MAX_RETRIES", "2")?,
+                    retry_base: Duration::from_millis(env.parse("PROVIDER_RETRY_BASE_MS", "500")?),
+                    retry_max: Duration::from_millis(env.parse("PROVIDER_RETRY_MAX_MS", "8000")?),
+                },
+                echo_delay: Duration::from_millis(env.parse("ECHO_TOKEN_DELAY_MS", "20")?),
+                master_key: env
+                    .get("COLLOQUY_MASTER_KEY")
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new),
             },
             rate_limits: AuthRateLimits {
                 login_per_email: env.parse("LOGIN_LIMIT_PER_EMAIL", "10")?,
@@ -306,6 +369,18 @@ impl Config {
             if value == 0 {
                 bail!("{name} must be at least 1 per minute");
             }
+        }
+        if let Some(key) = &self.llm.master_key {
+            crate::llm::keys::MasterKey::parse(key.expose())?;
+        }
+        if self.chat.context_max_messages == 0 {
+            bail!("CONTEXT_MAX_MESSAGES must be at least 1");
+        }
+        if self.llm.catalog.model(&self.chat.default_model).is_none() {
+            bail!(
+                "DEFAULT_MODEL `{}` is not in the model catalog",
+                self.chat.default_model
+            );
         }
         if self.auth.access_token_ttl.is_zero() {
             bail!("ACCESS_TOKEN_TTL_SECS must be at least 1");

@@ -8,6 +8,7 @@
 //! - `auth`: passwords, tokens, viewer, account operations
 //! - `users`, `workspaces`, `conversations`: domains (rows in `model`, operations in
 //!   `service`, API in `graphql`)
+//! - `llm`: providers, wire formats, model catalog, tokens, context, provider keys
 //! - `ratelimit`: brute-force limits
 //! - `mail`: outgoing mail
 //! - `validate`: input checks shared by the domains
@@ -19,6 +20,7 @@ pub mod conversations;
 pub mod db;
 pub mod error;
 pub mod graphql;
+pub mod llm;
 pub mod mail;
 pub mod ratelimit;
 pub mod users;

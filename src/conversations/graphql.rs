@@ -10,8 +10,7 @@ use crate::conversations::model::{
     self, Conversation, ConversationChanges, ListFilter, ListPosition, Message,
 };
 use crate::conversations::service::{
-    self, ExportFormat, NewConversationInput, normalize_model, normalize_system_prompt,
-    normalize_title,
+    self, ExportFormat, NewConversationInput, normalize_system_prompt, normalize_title,
 };
 use crate::error::AppError;
 use crate::graphql::loaders::{
@@ -299,7 +298,8 @@ fn changes(input: UpdateConversationInput) -> Result<ConversationChanges, AppErr
     Ok(ConversationChanges {
         title: clearable(input.title, normalize_title)?,
         system_prompt: clearable(input.system_prompt, normalize_system_prompt)?,
-        model: input.model.as_deref().map(normalize_model).transpose()?,
+        // Checked against the catalog by the service.
+        model: input.model,
         pinned: input.pinned,
         archived: input.archived,
     })

@@ -44,13 +44,14 @@ pub fn normalize_system_prompt(raw: &str) -> AppResult<Option<String>> {
     Ok((!prompt.trim().is_empty()).then_some(prompt))
 }
 
-/// A model id such as `openai/gpt-4o-mini`. The model catalog checks availability.
-pub fn normalize_model(raw: &str) -> AppResult<String> {
-    let model = validate::single_line("model", raw, 1, 100)?;
-    if !model.contains('/') || model.contains(char::is_whitespace) {
+/// A model id such as `openai/gpt-4o-mini`, which must be in the catalog (availability is
+/// checked when a generation starts, with the workspace's keys in view).
+pub fn normalize_model(app: &App, raw: &str) -> AppResult<String> {
+    let model = validate::single_line("model", raw, 1, 200)?;
+    if app.providers.model(&model).is_none() {
         return Err(AppError::bad_input(
             "model",
-            "a model id looks like `provider/name`",
+            format!("unknown model `{model}`; the `models` query lists them"),
         ));
     }
     Ok(model)
@@ -74,7 +75,7 @@ pub async fn create(
         .map(normalize_system_prompt)
         .transpose()?
         .flatten();
-    let model = normalize_model(input.model.unwrap_or(&app.config.chat.default_model))?;
+    let model = normalize_model(app, input.model.unwrap_or(&app.config.chat.default_model))?;
     let mut conn = app.db.get().await?;
     require(&mut conn, viewer, input.workspace_id, Role::Member).await?;
     Ok(Conversation::insert(
@@ -96,8 +97,11 @@ pub async fn update(
     app: &App,
     viewer: &Viewer,
     id: Uuid,
-    changes: ConversationChanges,
+    mut changes: ConversationChanges,
 ) -> AppResult<Conversation> {
+    if let Some(model) = &changes.model {
+        changes.model = Some(normalize_model(app, model)?);
+    }
     let mut conn = app.db.get().await?;
     require_conversation(&mut conn, viewer, id).await?;
     let no_change = changes.title.is_none()

@@ -56,6 +56,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    provider_keys (workspace_id, provider) {
+        workspace_id -> Uuid,
+        provider -> Text,
+        nonce -> Bytea,
+        ciphertext -> Bytea,
+        last4 -> Text,
+        created_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     refresh_tokens (token_hash) {
         token_hash -> Bytea,
         session_id -> Uuid,
@@ -129,6 +142,7 @@ diesel::joinable!(conversations -> workspaces (workspace_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(messages -> users (created_by));
 diesel::joinable!(password_reset_tokens -> users (user_id));
+diesel::joinable!(provider_keys -> workspaces (workspace_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(workspace_members -> users (user_id));
@@ -140,6 +154,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     messages,
     password_reset_tokens,
+    provider_keys,
     refresh_tokens,
     sessions,
     users,

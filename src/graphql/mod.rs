@@ -19,11 +19,12 @@ use crate::config::GraphqlLimits;
 use crate::conversations::graphql::{ConversationsMutation, ConversationsQuery};
 use crate::db::DbConn;
 use crate::error::{AppError, AppResult};
+use crate::llm::graphql::{LlmMutation, LlmQuery};
 use crate::users::graphql::{UsersMutation, UsersQuery};
 use crate::workspaces::graphql::{WorkspacesMutation, WorkspacesQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(UsersQuery, WorkspacesQuery, ConversationsQuery);
+pub struct Query(UsersQuery, WorkspacesQuery, ConversationsQuery, LlmQuery);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(
@@ -31,6 +32,7 @@ pub struct Mutation(
     UsersMutation,
     WorkspacesMutation,
     ConversationsMutation,
+    LlmMutation,
 );
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;

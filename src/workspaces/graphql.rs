@@ -109,6 +109,18 @@ impl WorkspaceNode {
     async fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at
     }
+
+    /// The workspace's own provider keys (last four characters only).
+    async fn provider_keys(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::llm::graphql::ProviderKey>> {
+        let mut conn = conn(ctx).await?;
+        let rows = crate::llm::keys::ProviderKeyRow::for_workspace(&mut conn, self.row.id)
+            .await
+            .map_err(AppError::from)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
 }
 
 #[derive(Debug, Clone)]

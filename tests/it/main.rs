@@ -4,7 +4,10 @@ mod common;
 
 mod accounts;
 mod conversations;
+mod fake_upstream;
+mod llm;
 mod limits;
+mod providers;
 mod server;
 mod tokens;
 mod websocket;

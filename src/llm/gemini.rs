@@ -1,0 +1,136 @@
+//! Google Gemini: `POST {base}/v1beta/models/{model}:streamGenerateContent?alt=sse` with
+//! `x-goog-api-key`. Each event is a whole `GenerateContentResponse`; the last carries a
+//! `finishReason` and `usageMetadata`, and the connection then closes (no end marker).
+
+use eventsource_stream::Event;
+use serde_json::{Value, json};
+
+use crate::llm::stream::{Step, WireError, WireFormat, WireState};
+use crate::llm::{ChatRequest, ChatRole, ErrorKind, FinishReason};
+
+pub struct GeminiWire;
+
+impl WireFormat for GeminiWire {
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        base_url: &str,
+        request: &ChatRequest,
+        api_key: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut system = Vec::new();
+        let mut contents: Vec<(&'static str, String)> = Vec::new();
+        for m in &request.messages {
+            let role = match m.role {
+                ChatRole::System => {
+                    system.push(m.content.clone());
+                    continue;
+                }
+                ChatRole::User => "user",
+                ChatRole::Assistant => "model",
+            };
+            if m.content.trim().is_empty() {
+                continue;
+            }
+            match contents.last_mut() {
+                Some((last, text)) if *last == role => {
+                    text.push_str("\n\n");
+                    text.push_str(&m.content);
+                }
+                _ => contents.push((role, m.content.clone())),
+            }
+        }
+        let mut generation = json!({ "maxOutputTokens": request.max_output_tokens });
+        if let Some(t) = request.temperature {
+            generation["temperature"] = json!(t);
+        }
+        if !request.stop.is_empty() {
+            generation["stopSequences"] = json!(request.stop);
+        }
+        let mut body = json!({
+            "contents": contents
+                .into_iter()
+                .map(|(role, text)| json!({ "role": role, "parts": [{ "text": text }] }))
+                .collect::<Vec<_>>(),
+            "generationConfig": generation,
+        });
+        if !system.is_empty() {
+            body["systemInstruction"] = json!({ "parts": [{ "text": system.join("\n\n") }] });
+        }
+        client
+            .post(format!(
+                "{base_url}/v1beta/models/{}:streamGenerateContent?alt=sse",
+                request.model
+            ))
+            .header("x-goog-api-key", api_key.unwrap_or_default())
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .json(&body)
+    }
+
+    fn event(
+        &self,
+        event: &Event,
+        state: &mut WireState,
+        texts: &mut Vec<String>,
+    ) -> Result<Step, WireError> {
+        if event.data.trim().is_empty() {
+            return Ok(Step::Continue);
+        }
+        let data: Value = serde_json::from_str(&event.data)
+            .map_err(|e| WireError::protocol(format!("not JSON: {e}")))?;
+        if let Some(error) = data.get("error") {
+            let status = error
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Err(WireError {
+                kind: ErrorKind::Upstream,
+                retryable: matches!(status, "RESOURCE_EXHAUSTED" | "UNAVAILABLE" | "INTERNAL"),
+                detail: error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or(status)
+                    .to_owned(),
+            });
+        }
+        if let Some(candidate) = data.pointer("/candidates/0") {
+            for part in candidate
+                .pointer("/content/parts")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                // Thought summaries are not part of the answer.
+                if part.get("thought").and_then(Value::as_bool) == Some(true) {
+                    continue;
+                }
+                if let Some(text) = part.get("text").and_then(Value::as_str) {
+                    texts.push(text.to_owned());
+                }
+            }
+            if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
+                state.finish = Some(match reason {
+                    "STOP" => FinishReason::Stop,
+                    "MAX_TOKENS" => FinishReason::Length,
+                    "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" => {
+                        FinishReason::ContentFilter
+                    }
+                    other => FinishReason::Other(other.to_owned()),
+                });
+            }
+        }
+        if data.pointer("/promptFeedback/blockReason").is_some() {
+            state.finish = Some(FinishReason::ContentFilter);
+        }
+        if let Some(usage) = data.get("usageMetadata") {
+            let get = |k: &str| usage.get(k).and_then(Value::as_u64).map(|n| n as u32);
+            if let Some(prompt) = get("promptTokenCount") {
+                state.prompt_tokens = Some(prompt);
+            }
+            if let Some(output) = get("candidatesTokenCount") {
+                state.completion_tokens = Some(output + get("thoughtsTokenCount").unwrap_or(0));
+            }
+        }
+        Ok(Step::Continue)
+    }
+}

@@ -1,0 +1,1 @@
+//! A scripted HTTP server on loopback that speaks the LLM providers' wire formats.

@@ -1,0 +1,1 @@
+//! Models, provider keys and the catalog through the real server.

@@ -1,0 +1,1 @@
+//! Each wire format against a byte-exact fake upstream on loopback.
