@@ -270,6 +270,17 @@ impl Conversation {
             .optional()
     }
 
+    /// Locks the conversation row until the transaction ends, serialising with inserts.
+    pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Uuid>> {
+        conversations::table
+            .find(id)
+            .select(conversations::id)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()
+    }
+
     /// Points the conversation at `leaf` and refreshes the counters that follow from it.
     /// `touched` also moves its activity time (a new message, not a branch switch).
     pub async fn set_active_leaf(

@@ -202,7 +202,7 @@ pub async fn select_branch(
         .ok_or_else(|| AppError::not_found("message"))?;
     conn.transaction::<_, AppError, _>(async |conn| {
         // Serialise with inserts into the same conversation.
-        Conversation::next_seq(conn, conversation.id).await?;
+        Conversation::lock(conn, conversation.id).await?;
         let leaf = Message::newest_leaf_under(conn, message_id)
             .await?
             .ok_or_else(|| AppError::not_found("message"))?;

@@ -43,13 +43,13 @@ pub fn build(
         used += cost;
         kept.push(message.clone());
     }
-    if kept.is_empty() {
-        if let Some(newest) = branch.last() {
-            return Err(ContextError::TooLong {
-                needed: used + tokenizer.count_message(newest),
-                budget,
-            });
-        }
+    if kept.is_empty()
+        && let Some(newest) = branch.last()
+    {
+        return Err(ContextError::TooLong {
+            needed: used + tokenizer.count_message(newest),
+            budget,
+        });
     }
     let dropped = branch.len() - kept.len();
     kept.reverse();

@@ -221,21 +221,23 @@ async fn run<W: WireFormat>(inner: &Inner<W>, request: &ChatRequest, key: Option
                 state,
             } => {
                 let started = !text.is_empty();
-                if !started && retryable && attempt < inner.settings.max_retries {
-                    if let Some(wait) = backoff(&inner.settings, attempt, retry_after) {
-                        tracing::info!(
-                            provider = %inner.name,
-                            attempt = attempt + 1,
-                            wait_ms = wait.as_millis() as u64,
-                            "retrying provider request"
-                        );
-                        tokio::select! {
-                            () = tokio::time::sleep(wait) => {}
-                            () = tx.closed() => return,
-                        }
-                        attempt += 1;
-                        continue;
+                if !started
+                    && retryable
+                    && attempt < inner.settings.max_retries
+                    && let Some(wait) = backoff(&inner.settings, attempt, retry_after)
+                {
+                    tracing::info!(
+                        provider = %inner.name,
+                        attempt = attempt + 1,
+                        wait_ms = wait.as_millis() as u64,
+                        "retrying provider request"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = tx.closed() => return,
                     }
+                    attempt += 1;
+                    continue;
                 }
                 if started || state.prompt_tokens.is_some() {
                     let usage = usage(inner.tokenizer, request, &text, &state);
