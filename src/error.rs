@@ -143,6 +143,13 @@ impl From<anyhow::Error> for AppError {
     }
 }
 
+/// Provider failures reach clients as PROVIDER_ERROR with the error's safe description.
+impl From<crate::llm::ProviderError> for AppError {
+    fn from(err: crate::llm::ProviderError) -> Self {
+        AppError::Provider(err.to_string())
+    }
+}
+
 impl From<tokio::task::JoinError> for AppError {
     fn from(err: tokio::task::JoinError) -> Self {
         AppError::Internal(anyhow::Error::new(err).context("background task failed"))

@@ -253,6 +253,44 @@ pub async fn resolve(
     Ok(app.providers.server_key(provider).map(str::to_owned))
 }
 
+/// A model ready for a generation in a workspace: its catalog entry and the key to use.
+pub struct Resolved {
+    pub spec: crate::llm::catalog::ModelSpec,
+    pub api_key: Option<String>,
+}
+
+/// Checks that `model_id` exists and is available to `workspace_id` (BAD_USER_INPUT
+/// otherwise) and finds the key its generation uses.
+pub async fn resolve_model(
+    app: &App,
+    conn: &mut AsyncPgConnection,
+    workspace_id: Uuid,
+    model_id: &str,
+) -> AppResult<Resolved> {
+    let spec = app.providers.model(model_id).cloned().ok_or_else(|| {
+        AppError::bad_input(
+            "model",
+            format!("unknown model `{model_id}`; the `models` query lists them"),
+        )
+    })?;
+    let needs_key = app
+        .providers
+        .catalog()
+        .provider(&spec.provider)
+        .is_some_and(|p| p.needs_key);
+    let api_key = resolve(app, conn, workspace_id, &spec.provider).await?;
+    if needs_key && api_key.is_none() {
+        return Err(AppError::bad_input(
+            "model",
+            format!(
+                "model `{model_id}` is not available: no API key for provider `{}` (set one with setProviderKey)",
+                spec.provider
+            ),
+        ));
+    }
+    Ok(Resolved { spec, api_key })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -271,6 +271,27 @@ async fn workspace_keys_are_encrypted_and_shown_as_last_four() {
         .await
         .expect("resolve");
     assert_eq!(used, None, "no workspace key and no server key");
+
+    // A generation request: unknown or unavailable models are BAD_USER_INPUT; available
+    // ones come with the key to use.
+    let app_state = &app.state.app;
+    let resolved =
+        colloquy::llm::keys::resolve_model(app_state, &mut conn, ws_id, "openai/gpt-4o-mini")
+            .await
+            .expect("server key");
+    assert_eq!(resolved.api_key.as_deref(), Some("sk-server-openai-key"));
+    assert_eq!(resolved.spec.upstream, "gpt-4o-mini");
+    let echo = colloquy::llm::keys::resolve_model(app_state, &mut conn, ws_id, "local/echo")
+        .await
+        .expect("needs no key");
+    assert_eq!(echo.api_key, None);
+    for model in ["anthropic/claude-3-5-haiku-latest", "nobody/nothing"] {
+        let err = colloquy::llm::keys::resolve_model(app_state, &mut conn, ws_id, model)
+            .await
+            .err()
+            .map(|e| e.code());
+        assert_eq!(err, Some("BAD_USER_INPUT"), "{model}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
