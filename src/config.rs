@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Take the client IP from `X-Forwarded-For` (only behind a proxy that sets it).
     pub trust_proxy_headers: bool,
+    /// How long a WebSocket may stay open without `connection_init` (then 4408).
+    pub ws_init_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +234,7 @@ impl Config {
                 request_timeout: Duration::from_secs(env.parse("REQUEST_TIMEOUT_SECS", "30")?),
                 shutdown_grace: Duration::from_secs(env.parse("SHUTDOWN_GRACE_SECS", "10")?),
                 trust_proxy_headers: env.parse("TRUST_PROXY_HEADERS", "false")?,
+                ws_init_timeout: Duration::from_millis(env.parse("WS_INIT_TIMEOUT_MS", "3000")?),
             },
             database: DatabaseConfig {
                 url: env.string(

@@ -6,6 +6,7 @@ pub mod http;
 pub mod limits;
 pub mod loaders;
 pub mod pagination;
+pub mod ws;
 
 use std::sync::Arc;
 

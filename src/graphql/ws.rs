@@ -1,0 +1,1 @@
+//! GraphQL over WebSocket, subprotocol graphql-transport-ws.
