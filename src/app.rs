@@ -27,6 +27,9 @@ use crate::graphql::{self, AppSchema, graphiql, http};
 use crate::llm::Providers;
 use crate::mail::Mailer;
 use crate::ratelimit::Limiter;
+use crate::streaming::admission::{Admission, Unmetered};
+use crate::streaming::hub::{EventHub, InProcessHub};
+use crate::streaming::runner::Runners;
 
 /// How long a readiness probe waits for each dependency.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,6 +52,15 @@ pub struct App {
     pub mailer: Mailer,
     /// The model catalog and one client per LLM provider.
     pub providers: Providers,
+    /// Carries deltas, conversation events and stop requests between runners and
+    /// subscribers.
+    pub hub: Arc<dyn EventHub>,
+    /// Rate limits and quota for generations.
+    pub admission: Arc<dyn Admission>,
+    /// The generations running in this process.
+    pub runners: Arc<Runners>,
+    /// Wakes the job worker when a job is queued.
+    pub jobs_wakeup: Notify,
 }
 
 /// A lazily connected, self-reconnecting Redis connection.
@@ -101,6 +113,13 @@ impl App {
             limiter: Limiter::new(&config.rate_limits),
             mailer: Mailer::from_config(&config)?,
             providers: Providers::new(&config.llm)?,
+            hub: Arc::new(InProcessHub::new(
+                config.chat.hub_retention,
+                config.chat.hub_replay_max_events,
+            )),
+            admission: Arc::new(Unmetered),
+            runners: Arc::new(Runners::default()),
+            jobs_wakeup: Notify::new(),
             config,
         })
     }
@@ -135,13 +154,34 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
         );
     }
     db::prepare(&config.database.url).await?;
-    Ok(AppState::new(App::build(config)?))
+    let app = App::build(config)?;
+    recover(&app).await?;
+    Ok(AppState::new(app))
+}
+
+/// Generations a dead process left unfinished end FAILED, their partial text kept.
+pub async fn recover(app: &App) -> anyhow::Result<()> {
+    let mut conn = app.db.get().await.context("no database connection")?;
+    let failed = crate::conversations::model::Message::fail_unfinished(
+        &mut conn,
+        "the server stopped during the generation",
+    )
+    .await
+    .context("cannot recover unfinished generations")?;
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "marked generations left unfinished by a previous run as FAILED"
+        );
+    }
+    Ok(())
 }
 
 pub fn router(state: AppState) -> Router {
     let config = &state.app.config;
     let mut router = Router::new()
         .route("/graphql", get(http::get).post(http::post))
+        .route("/graphql/stream", axum::routing::post(graphql::sse::stream))
         .route("/graphiql", get(graphiql::page))
         .route("/graphiql/assets/{file}", get(graphiql::asset))
         .route("/healthz", get(healthz))
@@ -239,6 +279,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let grace = state.app.config.server.shutdown_grace;
+    let app = state.app.clone();
+    let jobs = tokio::spawn(crate::streaming::jobs::worker(app.clone()));
     let limiter = state.app.limiter.clone();
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -264,6 +306,8 @@ pub async fn serve(
         }
     };
     housekeeping.abort();
+    app.runners.shutdown(&app, grace).await;
+    jobs.abort();
     result
 }
 

@@ -37,6 +37,12 @@ pub struct ChatConfig {
     pub default_model: String,
     /// Most messages of a branch sent to a model as context.
     pub context_max_messages: usize,
+    /// The model that writes conversation titles; None: the conversation's own.
+    pub title_model: Option<String>,
+    /// How long the hub keeps a finished generation's deltas for late subscribers.
+    pub hub_retention: Duration,
+    /// Most deltas the hub keeps per generation for replay.
+    pub hub_replay_max_events: usize,
 }
 
 /// Providers, models and how to talk to them.
@@ -304,6 +310,9 @@ impl Config {
             chat: ChatConfig {
                 default_model: env.string("DEFAULT_MODEL", "local/echo"),
                 context_max_messages: env.parse("CONTEXT_MAX_MESSAGES", "50")?,
+                title_model: env.get("TITLE_MODEL").filter(|m| !m.is_empty()),
+                hub_retention: Duration::from_secs(env.parse("HUB_RETENTION_SECS", "300")?),
+                hub_replay_max_events: env.parse("HUB_REPLAY_MAX_EVENTS", "20000")?,
             },
             llm: LlmConfig {
                 catalog: crate::llm::catalog::Catalog::load(
@@ -375,6 +384,11 @@ impl Config {
         }
         if let Some(key) = &self.llm.master_key {
             crate::llm::keys::MasterKey::parse(key.expose())?;
+        }
+        if let Some(title_model) = &self.chat.title_model
+            && self.llm.catalog.model(title_model).is_none()
+        {
+            bail!("TITLE_MODEL `{title_model}` is not in the model catalog");
         }
         if self.chat.context_max_messages == 0 {
             bail!("CONTEXT_MAX_MESSAGES must be at least 1");

@@ -10,6 +10,7 @@
 //!   `service`, API in `graphql`)
 //! - `llm`: providers, wire formats, model catalog, tokens, context, provider keys
 //! - `ratelimit`: brute-force limits
+//! - `streaming`: send path, generation runner, event hub, jobs, subscriptions
 //! - `mail`: outgoing mail
 //! - `validate`: input checks shared by the domains
 
@@ -23,6 +24,7 @@ pub mod graphql;
 pub mod llm;
 pub mod mail;
 pub mod ratelimit;
+pub mod streaming;
 pub mod users;
 pub mod validate;
 pub mod workspaces;

@@ -80,6 +80,7 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    pub client_message_id: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -96,6 +97,7 @@ pub struct NewMessage<'a> {
     pub model: Option<&'a str>,
     pub created_by: Option<Uuid>,
     pub completed_at: Option<DateTime<Utc>>,
+    pub client_message_id: Option<&'a str>,
 }
 
 /// Which conversations a listing shows.
@@ -319,7 +321,7 @@ impl Conversation {
 /// Columns of `messages` in `Message` order, for the raw-SQL queries below.
 const MESSAGE_COLUMNS: &str = "id, conversation_id, parent_id, seq, depth, role, content, \
     status, model, prompt_tokens, completion_tokens, cost_micro_usd, error, created_by, \
-    created_at, updated_at, completed_at";
+    created_at, updated_at, completed_at, client_message_id";
 
 #[derive(QueryableByName)]
 struct IdRow {
@@ -395,6 +397,123 @@ impl Message {
         .bind::<BigInt, _>(limit)
         .load(conn)
         .await
+    }
+
+    /// The path from the root to `id` (itself included), oldest first.
+    pub async fn path_to(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Vec<Message>> {
+        diesel::sql_query(format!(
+            "WITH RECURSIVE path AS ( \
+                 SELECT m.* FROM messages m WHERE m.id = $1 \
+               UNION ALL \
+                 SELECT p.* FROM messages p JOIN path c ON p.id = c.parent_id \
+             ) \
+             SELECT {MESSAGE_COLUMNS} FROM path ORDER BY depth"
+        ))
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .load(conn)
+        .await
+    }
+
+    /// The user message a client sent with this idempotency key, if any.
+    pub async fn find_by_client_id(
+        conn: &mut AsyncPgConnection,
+        conversation_id: Uuid,
+        client_message_id: &str,
+    ) -> QueryResult<Option<Message>> {
+        messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::client_message_id.eq(client_message_id))
+            .select(Message::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// The first reply under a message.
+    pub async fn first_child(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+    ) -> QueryResult<Option<Message>> {
+        messages::table
+            .filter(messages::parent_id.eq(id))
+            .order(messages::seq)
+            .select(Message::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Writes the partial content of a generation in progress.
+    pub async fn flush_content(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+        content: &str,
+    ) -> QueryResult<()> {
+        diesel::update(messages::table.find(id))
+            .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
+            .set((
+                messages::content.eq(content),
+                messages::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+
+    /// Writes the final state of a generation, once: a message already finished (say,
+    /// cancelled by another path) is left alone. Refreshes the conversation's preview when
+    /// the message is its active leaf. Returns whether this call finished it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+        status: &str,
+        content: &str,
+        prompt_tokens: Option<i32>,
+        completion_tokens: Option<i32>,
+        cost_micro_usd: Option<i64>,
+        error: Option<&str>,
+    ) -> QueryResult<bool> {
+        let updated: Option<Message> = diesel::update(messages::table.find(id))
+            .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
+            .set((
+                messages::status.eq(status),
+                messages::content.eq(content),
+                messages::prompt_tokens.eq(prompt_tokens),
+                messages::completion_tokens.eq(completion_tokens),
+                messages::cost_micro_usd.eq(cost_micro_usd),
+                messages::error.eq(error),
+                messages::completed_at.eq(diesel::dsl::now),
+                messages::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(Message::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        let Some(message) = updated else {
+            return Ok(false);
+        };
+        diesel::update(conversations::table.find(message.conversation_id))
+            .filter(conversations::active_leaf_id.eq(message.id))
+            .set(conversations::preview.eq(preview_of(&message.content)))
+            .execute(conn)
+            .await?;
+        Ok(true)
+    }
+
+    /// Generations a dead process left unfinished: FAILED, partial content kept. Returns
+    /// how many.
+    pub async fn fail_unfinished(conn: &mut AsyncPgConnection, error: &str) -> QueryResult<usize> {
+        diesel::update(messages::table)
+            .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
+            .set((
+                messages::status.eq("FAILED"),
+                messages::error.eq(error),
+                messages::completed_at.eq(diesel::dsl::now),
+                messages::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await
     }
 
     /// Messages sharing a parent, for each `(conversation, parent)` asked: roots when the

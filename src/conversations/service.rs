@@ -140,6 +140,8 @@ pub struct MessageInsert<'a> {
     pub status: &'a str,
     pub model: Option<&'a str>,
     pub created_by: Option<Uuid>,
+    /// The client's idempotency key (user messages of `sendMessage`).
+    pub client_message_id: Option<&'a str>,
 }
 
 /// Inserts a message into the tree and makes it the conversation's active leaf, updating the
@@ -180,6 +182,7 @@ pub async fn insert_message(
                 model: insert.model,
                 created_by: insert.created_by,
                 completed_at: finished.then(chrono::Utc::now),
+                client_message_id: insert.client_message_id,
             },
         )
         .await?;

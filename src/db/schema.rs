@@ -42,6 +42,22 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        client_message_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Uuid,
+        kind -> Text,
+        dedupe_key -> Nullable<Text>,
+        payload -> Jsonb,
+        run_at -> Timestamptz,
+        attempts -> Int4,
+        max_attempts -> Int4,
+        locked_until -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
     }
 }
 
@@ -152,6 +168,7 @@ diesel::joinable!(workspaces -> users (created_by));
 
 diesel::allow_tables_to_appear_in_same_query!(
     conversations,
+    jobs,
     messages,
     password_reset_tokens,
     provider_keys,

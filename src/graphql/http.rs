@@ -1,5 +1,6 @@
 //! GraphQL over HTTP (POST and GET, single or batched) and over WebSocket
-//! (`graphql-transport-ws`, legacy `graphql-ws` too), both on `/graphql`.
+//! (`graphql-transport-ws`, served by `ws`; legacy `graphql-ws` through async-graphql), both
+//! on `/graphql`.
 //!
 //! Each request is authenticated once here and runs with `Auth` and `ClientInfo` as data.
 //! Responses follow GraphQL-over-HTTP: `application/graphql-response+json` when the client
@@ -9,7 +10,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use async_graphql::ParseRequestError;
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql::{BatchRequest, BatchResponse, Data};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLWebSocket};
@@ -23,18 +23,22 @@ use futures_util::{SinkExt, StreamExt};
 use crate::app::{App, AppState};
 use crate::auth::{Auth, ClientInfo, authenticate, bearer};
 use crate::error::AppError;
+use crate::graphql::ws::{self, InitAuth};
 
 /// Largest WebSocket message a client may send (a subscribe with its variables).
-const WS_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+pub const WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The legacy subprotocol (Apollo's subscriptions-transport-ws), still served by async-graphql.
+const LEGACY_WS_PROTOCOL: &str = "graphql-ws";
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 
-/// Starts the message of a refused `connection_init`, so the close can be given the code the
-/// graphql-transport-ws protocol prescribes (4403) instead of async-graphql's generic 1002.
+/// Starts the message of a refused `connection_init` on the legacy `graphql-ws` path, so the
+/// close can be given the code 4403 instead of async-graphql's generic 1002.
 const WS_FORBIDDEN: &str = "Forbidden: ";
 
-/// Turns async-graphql's `1002` close after a refused `connection_init` into `4403 Forbidden`,
-/// which graphql-ws clients treat as final instead of reconnecting in a loop.
+/// Turns async-graphql's `1002` close after a refused `connection_init` into `4403 Forbidden`
+/// (legacy `graphql-ws` path; `graphql-transport-ws` is served by `ws`).
 fn forbidden_close_code(message: Message) -> Message {
     match message {
         Message::Close(Some(frame))
@@ -116,7 +120,7 @@ impl IntoResponse for Rejection {
 
 /// The client's address: the socket peer, or the first `X-Forwarded-For` hop when the server
 /// is configured to trust its proxy.
-fn client_info(app: &App, headers: &HeaderMap, peer: SocketAddr) -> ClientInfo {
+pub fn client_info(app: &App, headers: &HeaderMap, peer: SocketAddr) -> ClientInfo {
     let forwarded = app
         .config
         .server
@@ -138,7 +142,8 @@ fn client_info(app: &App, headers: &HeaderMap, peer: SocketAddr) -> ClientInfo {
     }
 }
 
-async fn http_auth(app: &App, headers: &HeaderMap) -> Auth {
+/// The `Auth` of an HTTP request from its `Authorization` header.
+pub async fn http_auth(app: &App, headers: &HeaderMap) -> Auth {
     match headers.get(header::AUTHORIZATION) {
         None => Auth::Anonymous,
         Some(value) => match value.to_str().ok().and_then(bearer) {
@@ -308,6 +313,34 @@ fn origin_allowed(app: &App, headers: &HeaderMap) -> bool {
     matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(&o))
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WsProtocol {
+    /// `graphql-transport-ws`, served by `ws`.
+    TransportWs,
+    /// `graphql-ws` (subscriptions-transport-ws), served by async-graphql.
+    Legacy,
+}
+
+/// The subprotocol to speak: the first the client offers that the server knows, with the
+/// value as the client spelt it (the response must echo one of the offered values).
+fn offered_protocol(headers: &HeaderMap) -> Option<(WsProtocol, String)> {
+    headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())?
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| {
+            let protocol = if p.eq_ignore_ascii_case(ws::PROTOCOL) {
+                WsProtocol::TransportWs
+            } else if p.eq_ignore_ascii_case(LEGACY_WS_PROTOCOL) {
+                WsProtocol::Legacy
+            } else {
+                return None;
+            };
+            Some((protocol, p.to_owned()))
+        })
+}
+
 async fn websocket(state: AppState, peer: SocketAddr, request: Request<Body>) -> Response {
     if !origin_allowed(&state.app, request.headers()) {
         return error_response(
@@ -316,78 +349,62 @@ async fn websocket(state: AppState, peer: SocketAddr, request: Request<Body>) ->
             "this origin may not open a WebSocket",
         );
     }
+    let Some((protocol, protocol_name)) = offered_protocol(request.headers()) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "Sec-WebSocket-Protocol must offer graphql-transport-ws or graphql-ws",
+        );
+    };
     let client = client_info(&state.app, request.headers(), peer);
     let (mut parts, _body) = request.into_parts();
-    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
-        Ok(protocol) => protocol,
-        Err(rejection) => return rejection.into_response(),
-    };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let upgrade = upgrade
+        .protocols([protocol_name])
+        .max_message_size(WS_MAX_MESSAGE_BYTES)
+        .max_frame_size(WS_MAX_MESSAGE_BYTES);
     let schema = state.schema.clone();
     let app = state.app.clone();
+    if protocol == WsProtocol::TransportWs {
+        return upgrade.on_upgrade(move |socket| ws::serve(socket, schema, app, client));
+    }
+
+    // Legacy `graphql-ws`: async-graphql's implementation. `GraphQLProtocol` picks the same
+    // protocol as `offered_protocol` (the client's first known one).
+    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
+        Ok(protocol) => protocol,
+        Err(rejection) => return rejection.into_response(),
+    };
     let mut data = Data::default();
     data.insert(client);
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .max_message_size(WS_MAX_MESSAGE_BYTES)
-        .max_frame_size(WS_MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| {
-            let (sink, stream) = socket.split();
-            let sink = sink
-                .with(|message| async move { Ok::<_, axum::Error>(forbidden_close_code(message)) });
-            GraphQLWebSocket::new_with_pair(Box::pin(sink), stream, schema, protocol)
-                .with_data(data)
-                .on_connection_init(move |payload| connection_init(app, payload))
-                .serve()
-        })
+    upgrade.on_upgrade(move |socket| {
+        let (sink, stream) = socket.split();
+        let sink =
+            sink.with(|message| async move { Ok::<_, axum::Error>(forbidden_close_code(message)) });
+        GraphQLWebSocket::new_with_pair(Box::pin(sink), stream, schema, protocol)
+            .with_data(data)
+            .on_connection_init(move |payload| connection_init(app, payload))
+            .serve()
+    })
 }
 
-/// Reads the token from `connection_init`: `{"Authorization": "Bearer ..."}`,
-/// `{"authToken": "..."}` or `{"headers": {"Authorization": ...}}`. No token is an anonymous
-/// connection; a bad token closes it.
+/// Authenticates a legacy `graphql-ws` `connection_init` (payload as in
+/// `ws::authenticate_init`). No token is an anonymous connection; a bad token closes it.
 async fn connection_init(app: Arc<App>, payload: serde_json::Value) -> async_graphql::Result<Data> {
-    // Header names are case-insensitive; clients send whatever capitalisation they like.
-    let header_value = |obj: &serde_json::Value| {
-        obj.as_object()?
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-            .and_then(|(_, v)| v.as_str())
-            .map(str::to_owned)
-    };
-    let authorization =
-        header_value(&payload).or_else(|| payload.get("headers").and_then(header_value));
-    let token = match (
-        &authorization,
-        payload.get("authToken").and_then(|v| v.as_str()),
-    ) {
-        (Some(value), _) => Some(
-            bearer(value)
-                .ok_or_else(|| {
-                    AppError::unauthenticated(format!(
-                        "{WS_FORBIDDEN}Authorization must be `Bearer <token>`"
-                    ))
-                })?
-                .to_owned(),
-        ),
-        (None, Some(token)) => Some(token.to_owned()),
-        (None, None) => None,
-    };
-    let auth = authenticate(&app, token.as_deref()).await;
-    match auth {
-        Auth::Rejected => Err(AppError::unauthenticated(format!(
-            "{WS_FORBIDDEN}invalid, expired or revoked access token"
-        ))
-        .into()),
-        Auth::Unavailable => {
-            Err(AppError::internal(anyhow::anyhow!("session check unavailable")).into())
-        }
-        auth => {
+    match ws::authenticate_init(&app, &payload).await {
+        InitAuth::Accepted { auth, .. } => {
             let mut data = Data::default();
             data.insert(auth);
             Ok(data)
+        }
+        InitAuth::Forbidden(reason) => {
+            Err(AppError::unauthenticated(format!("{WS_FORBIDDEN}{reason}")).into())
+        }
+        InitAuth::Unavailable => {
+            Err(AppError::internal(anyhow::anyhow!("session check unavailable")).into())
         }
     }
 }

@@ -6,12 +6,13 @@ pub mod http;
 pub mod limits;
 pub mod loaders;
 pub mod pagination;
+pub mod sse;
 pub mod ws;
 
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{Context, EmptySubscription, ID, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{Context, ID, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use uuid::Uuid;
 
 use crate::app::App;
@@ -21,6 +22,7 @@ use crate::conversations::graphql::{ConversationsMutation, ConversationsQuery};
 use crate::db::DbConn;
 use crate::error::{AppError, AppResult};
 use crate::llm::graphql::{LlmMutation, LlmQuery};
+use crate::streaming::graphql::{StreamingMutation, StreamingSubscription};
 use crate::users::graphql::{UsersMutation, UsersQuery};
 use crate::workspaces::graphql::{WorkspacesMutation, WorkspacesQuery};
 
@@ -33,21 +35,29 @@ pub struct Mutation(
     UsersMutation,
     WorkspacesMutation,
     ConversationsMutation,
+    StreamingMutation,
     LlmMutation,
 );
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(StreamingSubscription);
 
-fn builder(limits: &GraphqlLimits) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .limit_complexity(limits.max_complexity)
-        .extension(limits::QueryLimits {
-            max_query_bytes: limits.max_query_bytes,
-            max_depth: limits.max_depth,
-            max_aliases: limits.max_aliases,
-            introspection: limits.introspection,
-        })
-        .extension(limits::ErrorCodes);
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
+
+fn builder(limits: &GraphqlLimits) -> SchemaBuilder<Query, Mutation, Subscription> {
+    let mut builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_complexity(limits.max_complexity)
+    .extension(limits::QueryLimits {
+        max_query_bytes: limits.max_query_bytes,
+        max_depth: limits.max_depth,
+        max_aliases: limits.max_aliases,
+        introspection: limits.introspection,
+    })
+    .extension(limits::ErrorCodes);
     if !limits.introspection {
         builder = builder.disable_introspection();
     }
@@ -97,9 +107,13 @@ pub fn loader<'a, T: Send + Sync + 'static>(ctx: &Context<'a>) -> AppResult<&'a 
 
 /// The SDL of the schema, as written to `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .finish()
-        .sdl()
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .finish()
+    .sdl()
 }
 
 /// The shared state, from the schema data.

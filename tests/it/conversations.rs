@@ -469,6 +469,7 @@ async fn messages_form_a_tree_with_an_active_branch() {
             status: "COMPLETE",
             model: None,
             created_by: None,
+            client_message_id: None,
         },
     )
     .await

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -456,6 +458,7 @@ impl TestApp {
                 status: "COMPLETE",
                 model: (role == "ASSISTANT").then_some("local/echo"),
                 created_by: None,
+                client_message_id: None,
             },
         )
         .await

@@ -1,0 +1,492 @@
+//! The event hub: how generation deltas, conversation events and stop requests travel from
+//! the generation runner to subscribers and back. Nothing outside the hub assumes one
+//! process: `InProcessHub` is the single-process implementation (a Redis one can replace it
+//! behind the same trait).
+//!
+//! Per generation the in-process hub keeps a bounded replay buffer and a broadcast channel,
+//! updated under one lock, so `subscribe_generation(after_seq)` replays every later delta once
+//! and then follows live ones with no gap and no duplicate. Finished generations are dropped
+//! `retention` after their end.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+/// What a generation's subscribers receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenerationEvent {
+    Delta {
+        seq: u32,
+        text: String,
+    },
+    /// The generation ended (its final state is in Postgres).
+    Finished,
+    /// The subscriber fell further behind than the replay buffer reaches.
+    Lost,
+}
+
+/// What a conversation's subscribers receive. Rows are read from Postgres by the resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConversationEvent {
+    MessageCreated {
+        message_id: Uuid,
+    },
+    Delta {
+        message_id: Uuid,
+        seq: u32,
+        text: String,
+    },
+    MessageFinished {
+        message_id: Uuid,
+    },
+    ConversationUpdated,
+}
+
+/// Why a running generation must stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Running,
+    /// `stopGeneration`: ends CANCELLED.
+    Cancelled,
+    /// The server is shutting down: ends FAILED.
+    Shutdown,
+}
+
+#[async_trait]
+pub trait EventHub: Send + Sync + 'static {
+    /// Opens a generation before its first delta; the receiver tells the runner to stop.
+    async fn open_generation(
+        &self,
+        message_id: Uuid,
+        conversation_id: Uuid,
+    ) -> watch::Receiver<StopReason>;
+    /// Publishes delta `seq` (1, 2, 3, … from the single runner) to the generation's and the
+    /// conversation's subscribers.
+    async fn publish_delta(&self, message_id: Uuid, conversation_id: Uuid, seq: u32, text: String);
+    /// Marks the generation finished (after its final state was written).
+    async fn finish_generation(&self, message_id: Uuid, conversation_id: Uuid);
+    /// Replays deltas after `after_seq`, then follows live ones until `Finished`. None when
+    /// the hub knows nothing of the generation (never started here, or long finished).
+    async fn subscribe_generation(
+        &self,
+        message_id: Uuid,
+        after_seq: u32,
+    ) -> Option<BoxStream<'static, GenerationEvent>>;
+    async fn publish_conversation(&self, conversation_id: Uuid, event: ConversationEvent);
+    async fn subscribe_conversation(
+        &self,
+        conversation_id: Uuid,
+    ) -> BoxStream<'static, ConversationEvent>;
+    /// Asks whoever runs the generation to stop it. True when a running generation was found.
+    async fn stop(&self, message_id: Uuid, reason: StopReason) -> bool;
+    /// Stops every running generation of this process (shutdown).
+    async fn stop_all(&self, reason: StopReason);
+}
+
+struct Generation {
+    /// The newest deltas, `(seq, text)`, at most `max_buffer` of them.
+    buffer: VecDeque<(u32, String)>,
+    finished_at: Option<Instant>,
+    live: broadcast::Sender<GenerationEvent>,
+    stop: watch::Sender<StopReason>,
+}
+
+struct Inner {
+    generations: Mutex<HashMap<Uuid, Generation>>,
+    conversations: Mutex<HashMap<Uuid, broadcast::Sender<ConversationEvent>>>,
+    last_sweep: Mutex<Instant>,
+    retention: Duration,
+    max_buffer: usize,
+}
+
+pub struct InProcessHub {
+    inner: Arc<Inner>,
+}
+
+/// Live channels are bounded; a subscriber that falls behind re-syncs from the buffer.
+const LIVE_CAPACITY: usize = 1024;
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl InProcessHub {
+    pub fn new(retention: Duration, max_buffer: usize) -> Self {
+        InProcessHub {
+            inner: Arc::new(Inner {
+                generations: Mutex::new(HashMap::new()),
+                conversations: Mutex::new(HashMap::new()),
+                last_sweep: Mutex::new(Instant::now()),
+                retention,
+                max_buffer: max_buffer.max(1),
+            }),
+        }
+    }
+
+    /// Generations currently held (for tests and metrics).
+    pub fn held(&self) -> usize {
+        lock(&self.inner.generations).len()
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        {
+            let mut last = lock(&self.inner.last_sweep);
+            if now.duration_since(*last) < SWEEP_EVERY {
+                return;
+            }
+            *last = now;
+        }
+        let retention = self.inner.retention;
+        lock(&self.inner.generations).retain(|_, g| {
+            g.finished_at
+                .is_none_or(|at| now.duration_since(at) < retention)
+        });
+        lock(&self.inner.conversations).retain(|_, tx| tx.receiver_count() > 0);
+    }
+
+    fn publish_to_conversation(&self, conversation_id: Uuid, event: ConversationEvent) {
+        if let Some(tx) = lock(&self.inner.conversations).get(&conversation_id) {
+            let _ = tx.send(event);
+        }
+    }
+}
+
+/// Replay then live, with re-sync from the buffer when the live channel lagged.
+struct Follow {
+    inner: Arc<Inner>,
+    message_id: Uuid,
+    last_seq: u32,
+    pending: VecDeque<GenerationEvent>,
+    live: Option<broadcast::Receiver<GenerationEvent>>,
+    done: bool,
+}
+
+impl Inner {
+    /// Events after `after_seq` from the buffer, and a live receiver positioned right after
+    /// them (both taken under the lock, so nothing falls between).
+    fn snapshot(
+        &self,
+        message_id: Uuid,
+        after_seq: u32,
+    ) -> Option<(
+        VecDeque<GenerationEvent>,
+        Option<broadcast::Receiver<GenerationEvent>>,
+    )> {
+        let generations = lock(&self.generations);
+        let generation = generations.get(&message_id)?;
+        let mut events: VecDeque<GenerationEvent> = VecDeque::new();
+        let oldest = generation.buffer.front().map(|(seq, _)| *seq);
+        if oldest.is_some_and(|oldest| oldest > after_seq + 1) {
+            events.push_back(GenerationEvent::Lost);
+            return Some((events, None));
+        }
+        events.extend(
+            generation
+                .buffer
+                .iter()
+                .filter(|(seq, _)| *seq > after_seq)
+                .map(|(seq, text)| GenerationEvent::Delta {
+                    seq: *seq,
+                    text: text.clone(),
+                }),
+        );
+        if generation.finished_at.is_some() {
+            events.push_back(GenerationEvent::Finished);
+            return Some((events, None));
+        }
+        Some((events, Some(generation.live.subscribe())))
+    }
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(GenerationEvent, Follow)> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                match &event {
+                    GenerationEvent::Delta { seq, .. } if *seq <= self.last_seq => continue,
+                    GenerationEvent::Delta { seq, .. } => self.last_seq = *seq,
+                    GenerationEvent::Finished | GenerationEvent::Lost => {
+                        self.done = true;
+                        self.pending.clear();
+                    }
+                }
+                return Some((event, self));
+            }
+            if self.done {
+                return None;
+            }
+            let live = self.live.as_mut()?;
+            match live.recv().await {
+                Ok(event) => self.pending.push_back(event),
+                Err(broadcast::error::RecvError::Lagged(_))
+                | Err(broadcast::error::RecvError::Closed) => {
+                    // Re-sync from the buffer; a vanished generation has ended.
+                    match self.inner.snapshot(self.message_id, self.last_seq) {
+                        Some((events, live)) => {
+                            self.pending = events;
+                            self.live = live;
+                        }
+                        None => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventHub for InProcessHub {
+    async fn open_generation(
+        &self,
+        message_id: Uuid,
+        _conversation_id: Uuid,
+    ) -> watch::Receiver<StopReason> {
+        self.sweep();
+        let (stop, stop_rx) = watch::channel(StopReason::Running);
+        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        lock(&self.inner.generations).insert(
+            message_id,
+            Generation {
+                buffer: VecDeque::new(),
+                finished_at: None,
+                live,
+                stop,
+            },
+        );
+        stop_rx
+    }
+
+    async fn publish_delta(&self, message_id: Uuid, conversation_id: Uuid, seq: u32, text: String) {
+        {
+            let mut generations = lock(&self.inner.generations);
+            if let Some(generation) = generations.get_mut(&message_id) {
+                generation.buffer.push_back((seq, text.clone()));
+                while generation.buffer.len() > self.inner.max_buffer {
+                    generation.buffer.pop_front();
+                }
+                let _ = generation.live.send(GenerationEvent::Delta {
+                    seq,
+                    text: text.clone(),
+                });
+            }
+        }
+        self.publish_to_conversation(
+            conversation_id,
+            ConversationEvent::Delta {
+                message_id,
+                seq,
+                text,
+            },
+        );
+    }
+
+    async fn finish_generation(&self, message_id: Uuid, conversation_id: Uuid) {
+        {
+            let mut generations = lock(&self.inner.generations);
+            if let Some(generation) = generations.get_mut(&message_id) {
+                generation.finished_at = Some(Instant::now());
+                let _ = generation.live.send(GenerationEvent::Finished);
+            }
+        }
+        self.publish_to_conversation(
+            conversation_id,
+            ConversationEvent::MessageFinished { message_id },
+        );
+    }
+
+    async fn subscribe_generation(
+        &self,
+        message_id: Uuid,
+        after_seq: u32,
+    ) -> Option<BoxStream<'static, GenerationEvent>> {
+        let (pending, live) = self.inner.snapshot(message_id, after_seq)?;
+        let follow = Follow {
+            inner: self.inner.clone(),
+            message_id,
+            last_seq: after_seq,
+            pending,
+            live,
+            done: false,
+        };
+        Some(futures_util::stream::unfold(follow, Follow::next).boxed())
+    }
+
+    async fn publish_conversation(&self, conversation_id: Uuid, event: ConversationEvent) {
+        self.publish_to_conversation(conversation_id, event);
+    }
+
+    async fn subscribe_conversation(
+        &self,
+        conversation_id: Uuid,
+    ) -> BoxStream<'static, ConversationEvent> {
+        self.sweep();
+        let rx = lock(&self.inner.conversations)
+            .entry(conversation_id)
+            .or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0)
+            .subscribe();
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((event, rx)),
+                    // Conversation events are a live feed; a lagging subscriber skips ahead.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "conversation subscriber lagged");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    async fn stop(&self, message_id: Uuid, reason: StopReason) -> bool {
+        let generations = lock(&self.inner.generations);
+        match generations.get(&message_id) {
+            Some(generation) if generation.finished_at.is_none() => {
+                let _ = generation.stop.send(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    async fn stop_all(&self, reason: StopReason) {
+        for generation in lock(&self.inner.generations).values() {
+            if generation.finished_at.is_none() {
+                let _ = generation.stop.send(reason);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deltas(events: &[GenerationEvent]) -> Vec<u32> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                GenerationEvent::Delta { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn replay_then_live_without_gap_or_duplicate() {
+        let hub = InProcessHub::new(Duration::from_secs(60), 100);
+        let (m, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let _stop = hub.open_generation(m, c).await;
+        for seq in 1..=3 {
+            hub.publish_delta(m, c, seq, format!("t{seq}")).await;
+        }
+        let late = hub.subscribe_generation(m, 1).await.expect("known");
+        let early = hub.subscribe_generation(m, 0).await.expect("known");
+        for seq in 4..=6 {
+            hub.publish_delta(m, c, seq, format!("t{seq}")).await;
+        }
+        hub.finish_generation(m, c).await;
+        let late: Vec<_> = late.collect().await;
+        let early: Vec<_> = early.collect().await;
+        assert_eq!(deltas(&late), vec![2, 3, 4, 5, 6]);
+        assert_eq!(deltas(&early), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(late.last(), Some(&GenerationEvent::Finished));
+        // After the end, a subscriber still gets the replay and the end.
+        let after: Vec<_> = hub
+            .subscribe_generation(m, 5)
+            .await
+            .expect("kept")
+            .collect()
+            .await;
+        assert_eq!(
+            after,
+            vec![
+                GenerationEvent::Delta {
+                    seq: 6,
+                    text: "t6".into()
+                },
+                GenerationEvent::Finished
+            ]
+        );
+        assert!(hub.subscribe_generation(Uuid::new_v4(), 0).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_resyncs_from_the_buffer() {
+        let hub = InProcessHub::new(Duration::from_secs(60), 10_000);
+        let (m, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let _stop = hub.open_generation(m, c).await;
+        let slow = hub.subscribe_generation(m, 0).await.expect("known");
+        for seq in 1..=3000 {
+            hub.publish_delta(m, c, seq, "x".into()).await;
+        }
+        hub.finish_generation(m, c).await;
+        let got: Vec<_> = slow.collect().await;
+        assert_eq!(deltas(&got), (1..=3000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn beyond_the_buffer_is_reported_lost() {
+        let hub = InProcessHub::new(Duration::from_secs(60), 5);
+        let (m, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let _stop = hub.open_generation(m, c).await;
+        for seq in 1..=10 {
+            hub.publish_delta(m, c, seq, "x".into()).await;
+        }
+        let got: Vec<_> = hub
+            .subscribe_generation(m, 2)
+            .await
+            .expect("known")
+            .take(1)
+            .collect()
+            .await;
+        assert_eq!(got, vec![GenerationEvent::Lost]);
+        let got: Vec<_> = hub
+            .subscribe_generation(m, 5)
+            .await
+            .expect("known")
+            .take(5)
+            .collect()
+            .await;
+        assert_eq!(deltas(&got), vec![6, 7, 8, 9, 10]);
+    }
+
+    #[tokio::test]
+    async fn stop_reaches_the_runner_and_conversation_events_flow() {
+        let hub = InProcessHub::new(Duration::from_secs(60), 10);
+        let (m, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut stop = hub.open_generation(m, c).await;
+        let mut feed = hub.subscribe_conversation(c).await;
+        assert!(hub.stop(m, StopReason::Cancelled).await);
+        stop.changed().await.expect("signal");
+        assert_eq!(*stop.borrow(), StopReason::Cancelled);
+        hub.publish_delta(m, c, 1, "a".into()).await;
+        hub.finish_generation(m, c).await;
+        assert!(
+            !hub.stop(m, StopReason::Cancelled).await,
+            "already finished"
+        );
+        assert_eq!(
+            feed.next().await,
+            Some(ConversationEvent::Delta {
+                message_id: m,
+                seq: 1,
+                text: "a".into()
+            })
+        );
+        assert_eq!(
+            feed.next().await,
+            Some(ConversationEvent::MessageFinished { message_id: m })
+        );
+    }
+}

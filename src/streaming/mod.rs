@@ -1,0 +1,16 @@
+//! Streaming chat: the send path, the generation runner, the event hub, durable jobs, and
+//! the subscriptions that carry answers to clients.
+//!
+//! - `service`: sendMessage, regenerateMessage, editMessage, stopGeneration
+//! - `runner`: one task per generation (context, provider stream, deltas, flushes, end)
+//! - `hub`: the `EventHub` trait and its in-process implementation
+//! - `admission`: the rate-limit and quota interface of the send path
+//! - `jobs`: durable background jobs (conversation titles)
+//! - `graphql`: mutations, subscriptions and event types
+
+pub mod admission;
+pub mod graphql;
+pub mod hub;
+pub mod jobs;
+pub mod runner;
+pub mod service;

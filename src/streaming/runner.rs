@@ -1,0 +1,315 @@
+//! The generation runner: one tokio task per assistant message. It builds the context along
+//! the branch, streams from the provider, numbers each delta (1, 2, 3 …) and publishes it to
+//! the hub, flushes the partial content to Postgres at least once a second (never per token),
+//! and always ends the message COMPLETE, CANCELLED or FAILED with the text so far, then
+//! settles the quota and queues the title job after a first reply.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::conversations::model::{Conversation, Message};
+use crate::llm::context::{self, ContextError};
+use crate::llm::{ChatMessage, ChatRequest, ChatRole, Chunk, Usage};
+use crate::streaming::admission::Admitted;
+use crate::streaming::hub::StopReason;
+use crate::streaming::jobs;
+
+/// How often the partial content is written while text flows.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// A generation to run: the assistant message and what it was admitted with.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub workspace_id: Uuid,
+    pub model: String,
+    pub admitted: Admitted,
+}
+
+/// The generations running in this process.
+#[derive(Default)]
+pub struct Runners {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+impl Runners {
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Starts `generation` in its own task.
+    pub fn start(
+        self: &Arc<Self>,
+        app: Arc<App>,
+        generation: Generation,
+        stop: watch::Receiver<StopReason>,
+    ) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let runners = self.clone();
+        tokio::spawn(async move {
+            run(&app, &generation, stop).await;
+            if runners.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                runners.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Stops every running generation (they end FAILED) and waits up to `grace` for them to
+    /// write their final state.
+    pub async fn shutdown(&self, app: &App, grace: Duration) {
+        if self.running() == 0 {
+            return;
+        }
+        tracing::info!(running = self.running(), "stopping generations");
+        app.hub.stop_all(StopReason::Shutdown).await;
+        let wait = async {
+            while self.running() > 0 {
+                let idle = self.idle.notified();
+                if self.running() == 0 {
+                    break;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(grace, wait).await.is_err() {
+            tracing::warn!(
+                running = self.running(),
+                "generations still running at shutdown"
+            );
+        }
+    }
+}
+
+/// How a generation ended.
+struct Outcome {
+    status: &'static str,
+    content: String,
+    usage: Option<Usage>,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn failed(content: String, usage: Option<Usage>, error: impl Into<String>) -> Self {
+        Outcome {
+            status: "FAILED",
+            content,
+            usage,
+            error: Some(error.into()),
+        }
+    }
+}
+
+async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReason>) {
+    let outcome = generate(app, g, &mut stop).await;
+    let cost = match (&outcome.usage, app.providers.model(&g.model)) {
+        (Some(u), Some(spec)) => Some(spec.cost_micro_usd(u.prompt_tokens, u.completion_tokens)),
+        _ => None,
+    };
+    let mut finished = false;
+    // The final write matters more than anything else here: retry it briefly.
+    for attempt in 0..5u64 {
+        let write = async {
+            let mut conn = app.db.get().await?;
+            Ok::<bool, crate::error::AppError>(
+                Message::finish(
+                    &mut conn,
+                    g.message_id,
+                    outcome.status,
+                    &outcome.content,
+                    outcome.usage.map(|u| u.prompt_tokens as i32),
+                    outcome.usage.map(|u| u.completion_tokens as i32),
+                    cost,
+                    outcome.error.as_deref(),
+                )
+                .await?,
+            )
+        };
+        match write.await {
+            Ok(done) => {
+                finished = done;
+                break;
+            }
+            Err(err) => {
+                tracing::error!(message_id = %g.message_id, ?err, attempt, "cannot write the end of a generation");
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
+        }
+    }
+    app.hub
+        .finish_generation(g.message_id, g.conversation_id)
+        .await;
+    app.admission.settle(&g.admitted, outcome.usage).await;
+    tracing::info!(
+        message_id = %g.message_id,
+        model = %g.model,
+        status = outcome.status,
+        chars = outcome.content.len(),
+        "generation ended"
+    );
+    if finished
+        && outcome.status == "COMPLETE"
+        && let Err(err) = jobs::enqueue_title(app, g.conversation_id).await
+    {
+        tracing::warn!(?err, "cannot queue the title job");
+    }
+}
+
+/// The branch up to the assistant message, as chat messages (empty ones left out).
+fn branch_messages(path: &[Message], message_id: Uuid) -> Vec<ChatMessage> {
+    path.iter()
+        .filter(|m| m.id != message_id && !m.content.trim().is_empty())
+        .map(|m| {
+            let role = match m.role.as_str() {
+                "ASSISTANT" => ChatRole::Assistant,
+                "SYSTEM" => ChatRole::System,
+                _ => ChatRole::User,
+            };
+            ChatMessage::new(role, m.content.clone())
+        })
+        .collect()
+}
+
+async fn generate(
+    app: &Arc<App>,
+    g: &Generation,
+    stop: &mut watch::Receiver<StopReason>,
+) -> Outcome {
+    let prepared = async {
+        let mut conn = app.db.get().await?;
+        let conversation = Conversation::find(&mut conn, g.conversation_id)
+            .await?
+            .ok_or_else(|| crate::error::AppError::not_found("conversation"))?;
+        let path = Message::path_to(&mut conn, g.message_id).await?;
+        let resolved =
+            crate::llm::keys::resolve_model(app, &mut conn, g.workspace_id, &g.model).await?;
+        Ok::<_, crate::error::AppError>((conversation, path, resolved))
+    }
+    .await;
+    let (conversation, path, resolved) = match prepared {
+        Ok(p) => p,
+        Err(err) => {
+            tracing::error!(message_id = %g.message_id, ?err, "cannot prepare a generation");
+            let message = match &err {
+                crate::error::AppError::BadUserInput { message, .. } => message.clone(),
+                _ => "internal error before the generation started".to_owned(),
+            };
+            return Outcome::failed(String::new(), None, message);
+        }
+    };
+    let spec = resolved.spec;
+    let tokenizer = app.providers.catalog().tokenizer(&spec);
+    let branch = branch_messages(&path, g.message_id);
+    let max_output = spec.max_output_tokens;
+    let built = match context::build(
+        conversation.system_prompt.as_deref(),
+        &branch,
+        spec.context_window,
+        max_output,
+        app.config.chat.context_max_messages,
+        tokenizer,
+    ) {
+        Ok(built) => built,
+        Err(ContextError::TooLong { needed, budget }) => {
+            return Outcome::failed(
+                String::new(),
+                None,
+                format!(
+                    "the message needs {needed} tokens; model {} takes {budget}",
+                    spec.id
+                ),
+            );
+        }
+    };
+    let Some(client) = app.providers.client(&spec.provider) else {
+        return Outcome::failed(
+            String::new(),
+            None,
+            format!("provider {} is not configured", spec.provider),
+        );
+    };
+    let request = ChatRequest {
+        model: spec.upstream.clone(),
+        messages: built.messages,
+        temperature: None,
+        max_output_tokens: max_output,
+        stop: Vec::new(),
+    };
+    let mut stream = client.stream(request, resolved.api_key);
+    let prompt_tokens = built.prompt_tokens as u32;
+    // A stop ends the stream before the provider's usage arrives: count what was produced.
+    let settled = |usage: Option<Usage>, content: &str| {
+        usage.or(Some(Usage {
+            prompt_tokens,
+            completion_tokens: tokenizer.count(content) as u32,
+            estimated: true,
+        }))
+    };
+
+    let mut content = String::new();
+    let mut usage = None;
+    let mut seq = 0u32;
+    let mut dirty = false;
+    let mut stop_open = true;
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    flush.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            changed = stop.changed(), if stop_open => {
+                if changed.is_err() {
+                    stop_open = false;
+                    continue;
+                }
+                let reason = *stop.borrow();
+                match reason {
+                    StopReason::Running => continue,
+                    StopReason::Cancelled => {
+                        let usage = settled(usage, &content);
+                        return Outcome { status: "CANCELLED", content, usage, error: None };
+                    }
+                    StopReason::Shutdown => {
+                        let usage = settled(usage, &content);
+                        return Outcome::failed(content, usage, "the server shut down during the generation");
+                    }
+                }
+            }
+            _ = flush.tick(), if dirty => {
+                let write = async {
+                    let mut conn = app.db.get().await?;
+                    Message::flush_content(&mut conn, g.message_id, &content).await?;
+                    Ok::<_, crate::error::AppError>(())
+                };
+                match write.await {
+                    Ok(()) => dirty = false,
+                    Err(err) => tracing::warn!(message_id = %g.message_id, ?err, "cannot flush partial content"),
+                }
+            }
+            item = stream.next() => match item {
+                Some(Ok(Chunk::Text(text))) => {
+                    seq += 1;
+                    content.push_str(&text);
+                    dirty = true;
+                    app.hub.publish_delta(g.message_id, g.conversation_id, seq, text).await;
+                }
+                Some(Ok(Chunk::Usage(u))) => usage = Some(u),
+                Some(Ok(Chunk::Finish(_))) => {}
+                Some(Err(err)) => {
+                    tracing::warn!(message_id = %g.message_id, error = %err, "generation failed");
+                    return Outcome::failed(content, usage, err.to_string());
+                }
+                None => {
+                    return Outcome { status: "COMPLETE", content, usage, error: None };
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The send path: `sendMessage`, `regenerateMessage`, `editMessage`, `stopGeneration`.
+//!
+//! Checks come first (content, membership, idempotency, model availability, admission);
+//! then one transaction inserts the messages; then the generation is opened on the hub and
+//! started in the background. Nothing slow happens before the call returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::auth::Viewer;
+use crate::conversations::model::{Conversation, ConversationChanges, Message};
+use crate::conversations::service::{MessageInsert, insert_message, require_conversation};
+use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::llm::keys::resolve_model;
+use crate::llm::tokens::Tokenizer;
+use crate::streaming::admission::{AdmissionRequest, Admitted};
+use crate::streaming::hub::{ConversationEvent, StopReason};
+use crate::streaming::runner::Generation;
+
+pub const MAX_CONTENT_CHARS: usize = 100_000;
+
+pub fn validate_content(content: &str) -> AppResult<()> {
+    if content.trim().is_empty() {
+        return Err(AppError::bad_input("content", "content must not be empty"));
+    }
+    if content.chars().count() > MAX_CONTENT_CHARS {
+        return Err(AppError::bad_input(
+            "content",
+            format!("content must be at most {MAX_CONTENT_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub struct SendInput<'a> {
+    pub conversation_id: Uuid,
+    pub content: &'a str,
+    pub model: Option<&'a str>,
+    pub parent_id: Option<Uuid>,
+    pub client_message_id: Option<&'a str>,
+}
+
+/// The user message and the assistant message answering it.
+pub struct Sent {
+    pub user: Message,
+    pub assistant: Message,
+}
+
+/// Checks the model and admits the generation (rate limits, quota).
+async fn admit(
+    app: &App,
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    conversation: &Conversation,
+    model: &str,
+    prompt: &str,
+) -> AppResult<Admitted> {
+    let resolved = resolve_model(app, conn, conversation.workspace_id, model).await?;
+    let estimated = Tokenizer::Cl100k.count(prompt) as u32;
+    app.admission
+        .admit(&AdmissionRequest {
+            user_id: viewer.user_id,
+            workspace_id: conversation.workspace_id,
+            model: model.to_owned(),
+            estimated_prompt_tokens: estimated,
+            max_output_tokens: resolved.spec.max_output_tokens,
+        })
+        .await
+}
+
+/// After the messages are committed: the hub learns of the generation, subscribers of the
+/// conversation hear of the new messages, and the runner starts.
+async fn launch(
+    app: &Arc<App>,
+    conversation: &Conversation,
+    created: &[&Message],
+    assistant: &Message,
+    admitted: Admitted,
+) {
+    let stop = app.hub.open_generation(assistant.id, conversation.id).await;
+    for message in created {
+        app.hub
+            .publish_conversation(
+                conversation.id,
+                ConversationEvent::MessageCreated {
+                    message_id: message.id,
+                },
+            )
+            .await;
+    }
+    app.runners.start(
+        app.clone(),
+        Generation {
+            message_id: assistant.id,
+            conversation_id: conversation.id,
+            workspace_id: conversation.workspace_id,
+            model: assistant.model.clone().unwrap_or_default(),
+            admitted,
+        },
+        stop,
+    );
+}
+
+fn assistant_insert(conversation_id: Uuid, parent: Uuid, model: &str) -> MessageInsert<'_> {
+    MessageInsert {
+        conversation_id,
+        parent_id: Some(parent),
+        role: "ASSISTANT",
+        content: "",
+        status: "STREAMING",
+        model: Some(model),
+        created_by: None,
+        client_message_id: None,
+    }
+}
+
+/// An earlier send with the same key: its messages, starting nothing.
+async fn replay(
+    conn: &mut AsyncPgConnection,
+    conversation_id: Uuid,
+    key: &str,
+) -> AppResult<Option<Sent>> {
+    let Some(user) = Message::find_by_client_id(conn, conversation_id, key).await? else {
+        return Ok(None);
+    };
+    let assistant = Message::first_child(conn, user.id)
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("idempotent send without a reply")))?;
+    Ok(Some(Sent { user, assistant }))
+}
+
+pub async fn send(app: &Arc<App>, viewer: &Viewer, input: SendInput<'_>) -> AppResult<Sent> {
+    validate_content(input.content)?;
+    if let Some(key) = input.client_message_id {
+        crate::validate::single_line("clientMessageId", key, 1, 200)?;
+    }
+    let mut conn = app.db.get().await?;
+    let (conversation, _) = require_conversation(&mut conn, viewer, input.conversation_id).await?;
+    if let Some(key) = input.client_message_id
+        && let Some(sent) = replay(&mut conn, conversation.id, key).await?
+    {
+        return Ok(sent);
+    }
+    let model = match input.model {
+        Some(m) => crate::conversations::service::normalize_model(app, m)?,
+        None => conversation.model.clone(),
+    };
+    let admitted = admit(app, &mut conn, viewer, &conversation, &model, input.content).await?;
+
+    let parent = input.parent_id.or(conversation.active_leaf_id);
+    let switch_model = model != conversation.model;
+    let inserted = conn
+        .transaction::<_, AppError, _>(async |conn| {
+            if switch_model {
+                Conversation::update(
+                    conn,
+                    conversation.id,
+                    &ConversationChanges {
+                        model: Some(model.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+            let user = insert_message(
+                conn,
+                &MessageInsert {
+                    conversation_id: conversation.id,
+                    parent_id: parent,
+                    role: "USER",
+                    content: input.content,
+                    status: "COMPLETE",
+                    model: None,
+                    created_by: Some(viewer.user_id),
+                    client_message_id: input.client_message_id,
+                },
+            )
+            .await?;
+            let assistant =
+                insert_message(conn, &assistant_insert(conversation.id, user.id, &model)).await?;
+            Ok(Sent { user, assistant })
+        })
+        .await;
+    let sent = match inserted {
+        Ok(sent) => sent,
+        Err(err) => {
+            app.admission.settle(&admitted, None).await;
+            // Two concurrent sends with one key: the loser returns the winner's messages.
+            if let (Some(key), AppError::Internal(cause)) = (input.client_message_id, &err)
+                && cause
+                    .downcast_ref::<diesel::result::Error>()
+                    .is_some_and(is_unique_violation)
+                && let Some(sent) = replay(&mut conn, conversation.id, key).await?
+            {
+                return Ok(sent);
+            }
+            return Err(err);
+        }
+    };
+    launch(
+        app,
+        &conversation,
+        &[&sent.user, &sent.assistant],
+        &sent.assistant,
+        admitted,
+    )
+    .await;
+    Ok(sent)
+}
+
+/// A new assistant answer beside `message_id` (or, for a user message, under it).
+pub async fn regenerate(
+    app: &Arc<App>,
+    viewer: &Viewer,
+    message_id: Uuid,
+    model: Option<&str>,
+) -> AppResult<Message> {
+    let mut conn = app.db.get().await?;
+    let (message, conversation, _) =
+        Message::find_for_member(&mut conn, message_id, viewer.user_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("message"))?;
+    let parent = match message.role.as_str() {
+        "USER" => message.clone(),
+        "ASSISTANT" => {
+            let parent_id = message.parent_id.ok_or_else(|| {
+                AppError::bad_input("messageId", "this answer has no question to answer again")
+            })?;
+            Message::find(&mut conn, parent_id)
+                .await?
+                .ok_or_else(|| AppError::not_found("message"))?
+        }
+        _ => {
+            return Err(AppError::bad_input(
+                "messageId",
+                "only answers can be regenerated",
+            ));
+        }
+    };
+    let model = match model {
+        Some(m) => crate::conversations::service::normalize_model(app, m)?,
+        None => message
+            .model
+            .clone()
+            .unwrap_or_else(|| conversation.model.clone()),
+    };
+    let admitted = admit(
+        app,
+        &mut conn,
+        viewer,
+        &conversation,
+        &model,
+        &parent.content,
+    )
+    .await?;
+    let assistant = match insert_message(
+        &mut conn,
+        &assistant_insert(conversation.id, parent.id, &model),
+    )
+    .await
+    {
+        Ok(m) => m,
+        Err(err) => {
+            app.admission.settle(&admitted, None).await;
+            return Err(err);
+        }
+    };
+    launch(app, &conversation, &[&assistant], &assistant, admitted).await;
+    Ok(assistant)
+}
+
+/// A new version of a user message beside the old one, with a new answer. The old branch
+/// stays and `selectBranch` returns to it.
+pub async fn edit(
+    app: &Arc<App>,
+    viewer: &Viewer,
+    message_id: Uuid,
+    content: &str,
+) -> AppResult<Sent> {
+    validate_content(content)?;
+    let mut conn = app.db.get().await?;
+    let (message, conversation, _) =
+        Message::find_for_member(&mut conn, message_id, viewer.user_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("message"))?;
+    if message.role != "USER" {
+        return Err(AppError::bad_input(
+            "messageId",
+            "only user messages can be edited",
+        ));
+    }
+    let model = conversation.model.clone();
+    let admitted = admit(app, &mut conn, viewer, &conversation, &model, content).await?;
+    let inserted = conn
+        .transaction::<_, AppError, _>(async |conn| {
+            let user = insert_message(
+                conn,
+                &MessageInsert {
+                    conversation_id: conversation.id,
+                    parent_id: message.parent_id,
+                    role: "USER",
+                    content,
+                    status: "COMPLETE",
+                    model: None,
+                    created_by: Some(viewer.user_id),
+                    client_message_id: None,
+                },
+            )
+            .await?;
+            let assistant =
+                insert_message(conn, &assistant_insert(conversation.id, user.id, &model)).await?;
+            Ok(Sent { user, assistant })
+        })
+        .await;
+    let sent = match inserted {
+        Ok(sent) => sent,
+        Err(err) => {
+            app.admission.settle(&admitted, None).await;
+            return Err(err);
+        }
+    };
+    launch(
+        app,
+        &conversation,
+        &[&sent.user, &sent.assistant],
+        &sent.assistant,
+        admitted,
+    )
+    .await;
+    Ok(sent)
+}
+
+/// Stops a generation, keeping its text (CANCELLED), and returns the message as it ended.
+/// Stopping a finished message changes nothing.
+pub async fn stop(app: &Arc<App>, viewer: &Viewer, message_id: Uuid) -> AppResult<Message> {
+    let mut conn = app.db.get().await?;
+    let (message, conversation, _) =
+        Message::find_for_member(&mut conn, message_id, viewer.user_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("message"))?;
+    if !matches!(message.status.as_str(), "PENDING" | "STREAMING") {
+        return Ok(message);
+    }
+    drop(conn);
+    if app.hub.stop(message_id, StopReason::Cancelled).await {
+        // The runner writes the final state; wait for it briefly.
+        for _ in 0..100 {
+            let mut conn = app.db.get().await?;
+            if let Some(m) = Message::find(&mut conn, message_id).await?
+                && !matches!(m.status.as_str(), "PENDING" | "STREAMING")
+            {
+                return Ok(m);
+            }
+            drop(conn);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    } else {
+        // No runner has it (its process died): end it here, text kept.
+        let mut conn = app.db.get().await?;
+        Message::finish(
+            &mut conn,
+            message_id,
+            "CANCELLED",
+            &message.content,
+            None,
+            None,
+            None,
+            None,
+        )
+        .await?;
+        app.hub.finish_generation(message_id, conversation.id).await;
+    }
+    let mut conn = app.db.get().await?;
+    Message::find(&mut conn, message_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("message"))
+}
