@@ -27,7 +27,7 @@ use crate::graphql::{self, AppSchema, graphiql, http};
 use crate::llm::Providers;
 use crate::mail::Mailer;
 use crate::ratelimit::Limiter;
-use crate::streaming::admission::{Admission, Unmetered};
+use crate::streaming::admission::{Admission, QuotaAdmission};
 use crate::streaming::hub::{EventHub, InProcessHub};
 use crate::streaming::runner::Runners;
 
@@ -67,6 +67,8 @@ pub struct App {
 pub struct RedisConn {
     client: redis::Client,
     manager: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    /// Timeouts and reconnection; None: the `redis` crate's defaults.
+    config: Option<redis::aio::ConnectionManagerConfig>,
 }
 
 impl RedisConn {
@@ -74,13 +76,37 @@ impl RedisConn {
         Ok(RedisConn {
             client: redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?,
             manager: tokio::sync::OnceCell::new(),
+            config: None,
+        })
+    }
+
+    /// A connection of its own that gives up quickly: short connect and response timeouts
+    /// and a single reconnection attempt per failure, for callers with a fallback (the rate
+    /// limiter) rather than a reason to wait.
+    pub fn fail_fast(url: &str) -> anyhow::Result<Self> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        Ok(RedisConn {
+            config: Some(config),
+            ..RedisConn::new(url)?
         })
     }
 
     /// The shared connection, opening it on first use.
     pub async fn connection(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
         self.manager
-            .get_or_try_init(|| redis::aio::ConnectionManager::new(self.client.clone()))
+            .get_or_try_init(|| async {
+                let client = self.client.clone();
+                match &self.config {
+                    Some(config) => {
+                        redis::aio::ConnectionManager::new_with_config(client, config.clone()).await
+                    }
+                    None => redis::aio::ConnectionManager::new(client).await,
+                }
+            })
             .await
             .cloned()
             .context("cannot connect to Redis (REDIS_URL)")
@@ -100,8 +126,19 @@ impl App {
     /// Builds the state from a configuration. Does not touch the database: call
     /// `db::prepare` first (as `start` does).
     pub fn build(config: Config) -> anyhow::Result<App> {
+        let db = db::pool(&config.database)?;
+        let hub: Arc<dyn EventHub> = Arc::new(InProcessHub::new(
+            config.chat.hub_retention,
+            config.chat.hub_replay_max_events,
+        ));
         Ok(App {
-            db: db::pool(&config.database)?,
+            admission: Arc::new(QuotaAdmission {
+                db: db.clone(),
+                hub: hub.clone(),
+                reservation_ttl: config.quota.reservation_ttl,
+            }),
+            hub,
+            db,
             redis: config
                 .redis
                 .url
@@ -110,14 +147,18 @@ impl App {
                 .transpose()?,
             passwords: Passwords::new(config.auth.password_hash_concurrency),
             tokens: TokenKeys::new(&config.auth),
-            limiter: Limiter::new(&config.rate_limits),
+            // A connection of its own, so limit checks never queue behind other Redis traffic.
+            limiter: Limiter::new(
+                &config.rate_limits,
+                config
+                    .redis
+                    .url
+                    .as_deref()
+                    .map(RedisConn::fail_fast)
+                    .transpose()?,
+            ),
             mailer: Mailer::from_config(&config)?,
             providers: Providers::new(&config.llm)?,
-            hub: Arc::new(InProcessHub::new(
-                config.chat.hub_retention,
-                config.chat.hub_replay_max_events,
-            )),
-            admission: Arc::new(Unmetered),
             runners: Arc::new(Runners::default()),
             jobs_wakeup: Notify::new(),
             config,
@@ -159,8 +200,10 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
     Ok(AppState::new(app))
 }
 
-/// Generations a dead process left unfinished end FAILED, their partial text kept.
+/// Generations a dead process left unfinished end FAILED, their partial text kept, and
+/// their reservations settle to what they produced (counted by us).
 pub async fn recover(app: &App) -> anyhow::Result<()> {
+    use crate::usage::quota;
     let mut conn = app.db.get().await.context("no database connection")?;
     let failed = crate::conversations::model::Message::fail_unfinished(
         &mut conn,
@@ -168,11 +211,39 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
     )
     .await
     .context("cannot recover unfinished generations")?;
-    if failed > 0 {
-        tracing::warn!(
-            failed,
-            "marked generations left unfinished by a previous run as FAILED"
-        );
+    if failed.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        failed = failed.len(),
+        "marked generations left unfinished by a previous run as FAILED"
+    );
+    for message in failed {
+        let Some(reservation) = quota::reservation_of(&mut conn, message.id).await? else {
+            continue;
+        };
+        let spec = app.providers.model(&reservation.model);
+        let completion = spec
+            .map(|s| app.providers.catalog().tokenizer(s))
+            .unwrap_or_default()
+            .count(&message.content) as i64;
+        let cost = spec.map_or(0, |s| {
+            s.cost_micro_usd(reservation.prompt_tokens as u32, completion as u32)
+        });
+        let settlement = quota::Settlement {
+            workspace_id: reservation.workspace_id,
+            user_id: reservation.user_id,
+            conversation_id: Some(message.conversation_id),
+            message_id: Some(message.id),
+            model: reservation.model.clone(),
+            prompt_tokens: Some(reservation.prompt_tokens),
+            completion_tokens: completion,
+            cost_micro_usd: cost,
+            estimated: true,
+        };
+        if let Err(err) = quota::settle(&mut conn, Some(reservation.id), &settlement).await {
+            tracing::error!(?err, message_id = %message.id, "cannot settle a recovered generation");
+        }
     }
     Ok(())
 }
@@ -281,6 +352,7 @@ pub async fn serve(
     let grace = state.app.config.server.shutdown_grace;
     let app = state.app.clone();
     let jobs = tokio::spawn(crate::streaming::jobs::worker(app.clone()));
+    let sweeper = tokio::spawn(sweep_reservations(app.clone()));
     let limiter = state.app.limiter.clone();
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -308,7 +380,26 @@ pub async fn serve(
     housekeeping.abort();
     app.runners.shutdown(&app, grace).await;
     jobs.abort();
+    sweeper.abort();
     result
+}
+
+/// Releases expired quota reservations once a minute.
+async fn sweep_reservations(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let swept = async {
+            let mut conn = app.db.get().await?;
+            Ok::<_, crate::error::AppError>(crate::usage::quota::sweep(&mut conn).await?)
+        }
+        .await;
+        match swept {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(released = n, "released expired quota reservations"),
+            Err(err) => tracing::warn!(?err, "cannot sweep quota reservations"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -26,9 +26,11 @@ pub struct Config {
     pub graphql: GraphqlLimits,
     pub quota: QuotaDefaults,
     pub mail: MailConfig,
-    pub rate_limits: AuthRateLimits,
+    pub rate_limits: RateLimits,
     pub chat: ChatConfig,
     pub llm: LlmConfig,
+    /// Instance administrators (lower-cased emails): they set workspace quotas.
+    pub admin_emails: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +160,9 @@ pub struct QuotaDefaults {
     pub period: QuotaPeriodSetting,
     pub token_limit: Option<i64>,
     pub message_limit: Option<i64>,
+    /// How long a reservation lives before the sweeper releases it (longer than any
+    /// generation).
+    pub reservation_ttl: Duration,
 }
 
 #[derive(Clone)]
@@ -176,13 +181,64 @@ impl std::fmt::Debug for MailConfig {
     }
 }
 
-/// Brute-force limits on the unauthenticated account operations, per minute.
+/// Rate limits (`crate::ratelimit`), per minute unless named otherwise. Each class allows its
+/// whole per-minute budget at once, except generations, whose burst is set apart.
 #[derive(Debug, Clone)]
-pub struct AuthRateLimits {
+pub struct RateLimits {
+    /// `login` (and `changePassword`) attempts per email.
     pub login_per_email: u32,
+    /// `login` attempts per client IP.
     pub login_per_ip: u32,
+    /// `requestPasswordReset` per email.
     pub reset_per_email: u32,
+    /// `requestPasswordReset` and `resetPassword` per client IP.
     pub reset_per_ip: u32,
+    /// `sendMessage`, `regenerateMessage` and `editMessage` per user.
+    pub generations_per_min: u32,
+    /// How many generations may start back to back before the steady rate applies.
+    pub generations_burst: u32,
+    /// Other mutations per user (per client IP when anonymous, e.g. `register`).
+    pub mutations_per_min: u32,
+    /// Queries per user (per client IP when anonymous).
+    pub queries_per_min: u32,
+    /// `subscribe` messages per WebSocket connection.
+    pub ws_subscribes_per_min: u32,
+    /// Open WebSocket connections per user, in each server process.
+    pub ws_max_connections_per_user: u32,
+    /// Prefix of the limiter's keys in Redis.
+    pub key_prefix: String,
+}
+
+impl RateLimits {
+    fn validated(self) -> anyhow::Result<Self> {
+        let positive = [
+            ("LOGIN_LIMIT_PER_EMAIL", self.login_per_email),
+            ("LOGIN_LIMIT_PER_IP", self.login_per_ip),
+            ("PASSWORD_RESET_LIMIT_PER_EMAIL", self.reset_per_email),
+            ("PASSWORD_RESET_LIMIT_PER_IP", self.reset_per_ip),
+            ("RATE_LIMIT_GENERATIONS_PER_MIN", self.generations_per_min),
+            ("RATE_LIMIT_GENERATIONS_BURST", self.generations_burst),
+            ("RATE_LIMIT_MUTATIONS_PER_MIN", self.mutations_per_min),
+            ("RATE_LIMIT_QUERIES_PER_MIN", self.queries_per_min),
+            (
+                "RATE_LIMIT_WS_SUBSCRIBES_PER_MIN",
+                self.ws_subscribes_per_min,
+            ),
+            (
+                "WS_MAX_CONNECTIONS_PER_USER",
+                self.ws_max_connections_per_user,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if self.key_prefix.trim().is_empty() {
+            bail!("RATE_LIMIT_KEY_PREFIX must not be empty");
+        }
+        Ok(self)
+    }
 }
 
 impl Config {
@@ -302,11 +358,20 @@ impl Config {
                 },
                 token_limit: env.limit("QUOTA_DEFAULT_TOKEN_LIMIT", "1000000")?,
                 message_limit: env.limit("QUOTA_DEFAULT_MESSAGE_LIMIT", "unlimited")?,
+                reservation_ttl: Duration::from_secs(
+                    env.parse("QUOTA_RESERVATION_TTL_SECS", "1800")?,
+                ),
             },
             mail: MailConfig {
                 smtp_url: env.get("SMTP_URL").filter(|s| !s.is_empty()),
                 from: env.string("MAIL_FROM", "Colloquy <no-reply@localhost>"),
             },
+            admin_emails: env
+                .string("ADMIN_EMAILS", "")
+                .split(',')
+                .map(|e| e.trim().to_lowercase())
+                .filter(|e| !e.is_empty())
+                .collect(),
             chat: ChatConfig {
                 default_model: env.string("DEFAULT_MODEL", "local/echo"),
                 context_max_messages: env.parse("CONTEXT_MAX_MESSAGES", "50")?,
@@ -342,12 +407,20 @@ impl Config {
                     .filter(|k| !k.is_empty())
                     .map(Secret::new),
             },
-            rate_limits: AuthRateLimits {
+            rate_limits: RateLimits {
                 login_per_email: env.parse("LOGIN_LIMIT_PER_EMAIL", "10")?,
                 login_per_ip: env.parse("LOGIN_LIMIT_PER_IP", "60")?,
                 reset_per_email: env.parse("PASSWORD_RESET_LIMIT_PER_EMAIL", "3")?,
                 reset_per_ip: env.parse("PASSWORD_RESET_LIMIT_PER_IP", "20")?,
-            },
+                generations_per_min: env.parse("RATE_LIMIT_GENERATIONS_PER_MIN", "20")?,
+                generations_burst: env.parse("RATE_LIMIT_GENERATIONS_BURST", "10")?,
+                mutations_per_min: env.parse("RATE_LIMIT_MUTATIONS_PER_MIN", "120")?,
+                queries_per_min: env.parse("RATE_LIMIT_QUERIES_PER_MIN", "600")?,
+                ws_subscribes_per_min: env.parse("RATE_LIMIT_WS_SUBSCRIBES_PER_MIN", "60")?,
+                ws_max_connections_per_user: env.parse("WS_MAX_CONNECTIONS_PER_USER", "20")?,
+                key_prefix: env.string("RATE_LIMIT_KEY_PREFIX", "colloquy:rl"),
+            }
+            .validated()?,
         }
         .validated()
     }

@@ -11,6 +11,7 @@
 //! - `llm`: providers, wire formats, model catalog, tokens, context, provider keys
 //! - `ratelimit`: brute-force limits
 //! - `streaming`: send path, generation runner, event hub, jobs, subscriptions
+//! - `usage`: quota reservation and settlement, the usage ledger and report
 //! - `mail`: outgoing mail
 //! - `validate`: input checks shared by the domains
 
@@ -25,6 +26,7 @@ pub mod llm;
 pub mod mail;
 pub mod ratelimit;
 pub mod streaming;
+pub mod usage;
 pub mod users;
 pub mod validate;
 pub mod workspaces;

@@ -142,8 +142,9 @@ pub async fn login(
 ) -> AppResult<Issued> {
     let email = email.trim().to_lowercase();
     app.limiter
-        .check(LimitClass::LoginPerIp, &client.ip_key())?;
-    app.limiter.check(LimitClass::LoginPerEmail, &email)?;
+        .check(LimitClass::LoginPerIp, &client.ip_key())
+        .await?;
+    app.limiter.check(LimitClass::LoginPerEmail, &email).await?;
     if password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(AppError::unauthenticated(BAD_CREDENTIALS));
     }
@@ -265,7 +266,9 @@ pub async fn change_password(
         .ok_or_else(|| AppError::unauthenticated("account no longer exists"))?;
     drop(conn);
     // A stolen access token must not become a free password oracle.
-    app.limiter.check(LimitClass::LoginPerEmail, &user.email)?;
+    app.limiter
+        .check(LimitClass::LoginPerEmail, &user.email)
+        .await?;
     if current.chars().count() > MAX_PASSWORD_CHARS
         || !app
             .passwords
@@ -302,9 +305,10 @@ pub async fn request_password_reset(
     client: &ClientInfo,
 ) -> AppResult<bool> {
     app.limiter
-        .check(LimitClass::ResetPerIp, &client.ip_key())?;
+        .check(LimitClass::ResetPerIp, &client.ip_key())
+        .await?;
     let email = email.trim().to_lowercase();
-    app.limiter.check(LimitClass::ResetPerEmail, &email)?;
+    app.limiter.check(LimitClass::ResetPerEmail, &email).await?;
     let app = app.clone();
     tokio::spawn(async move {
         if let Err(err) = send_reset(&app, &email).await {
@@ -353,7 +357,8 @@ pub async fn reset_password(
     client: &ClientInfo,
 ) -> AppResult<bool> {
     app.limiter
-        .check(LimitClass::ResetPerIp, &client.ip_key())?;
+        .check(LimitClass::ResetPerIp, &client.ip_key())
+        .await?;
     validate_new_password("newPassword", new_password)?;
     let invalid = || AppError::bad_input("token", "invalid or expired reset token");
     let token = token.trim();

@@ -502,8 +502,11 @@ impl Message {
     }
 
     /// Generations a dead process left unfinished: FAILED, partial content kept. Returns
-    /// how many.
-    pub async fn fail_unfinished(conn: &mut AsyncPgConnection, error: &str) -> QueryResult<usize> {
+    /// them as they ended.
+    pub async fn fail_unfinished(
+        conn: &mut AsyncPgConnection,
+        error: &str,
+    ) -> QueryResult<Vec<Message>> {
         diesel::update(messages::table)
             .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
             .set((
@@ -512,7 +515,8 @@ impl Message {
                 messages::completed_at.eq(diesel::dsl::now),
                 messages::updated_at.eq(diesel::dsl::now),
             ))
-            .execute(conn)
+            .returning(Message::as_returning())
+            .get_results(conn)
             .await
     }
 

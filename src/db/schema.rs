@@ -125,6 +125,40 @@ diesel::table! {
         user_id -> Uuid,
         role -> Text,
         joined_at -> Timestamptz,
+        token_limit -> Nullable<Int8>,
+        tokens_used -> Int8,
+        tokens_reserved -> Int8,
+        period_start -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    quota_reservations (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        user_id -> Nullable<Uuid>,
+        message_id -> Nullable<Uuid>,
+        model -> Text,
+        tokens -> Int8,
+        prompt_tokens -> Int8,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    usage_records (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        user_id -> Nullable<Uuid>,
+        conversation_id -> Nullable<Uuid>,
+        message_id -> Nullable<Uuid>,
+        model -> Text,
+        prompt_tokens -> Int8,
+        completion_tokens -> Int8,
+        cost_micro_usd -> Int8,
+        estimated -> Bool,
+        created_at -> Timestamptz,
     }
 }
 
@@ -172,8 +206,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     messages,
     password_reset_tokens,
     provider_keys,
+    quota_reservations,
     refresh_tokens,
     sessions,
+    usage_records,
     users,
     workspace_members,
     workspace_quotas,

@@ -6,24 +6,29 @@
 //! Responses follow GraphQL-over-HTTP: `application/graphql-response+json` when the client
 //! accepts it (request errors then get 4xx), `application/json` otherwise.
 
+use std::any::TypeId;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use async_graphql::ParseRequestError;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
-use async_graphql::{BatchRequest, BatchResponse, Data};
+use async_graphql::{BatchRequest, BatchResponse, Data, Executor, ParseRequestError, ServerError};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::BoxStream;
 use futures_util::{SinkExt, StreamExt};
 
 use crate::app::{App, AppState};
 use crate::auth::{Auth, ClientInfo, authenticate, bearer};
 use crate::error::AppError;
+use crate::graphql::AppSchema;
 use crate::graphql::ws::{self, InitAuth};
+use crate::ratelimit::LimitClass;
+use crate::ratelimit::operations::{self, Charge};
 
 /// Largest WebSocket message a client may send (a subscribe with its variables).
 pub const WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -84,6 +89,78 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         body.to_string(),
     )
         .into_response()
+}
+
+/// An `AppError` as a GraphQL error, with its `extensions` (code, `retryAfterMs`, ...) and no
+/// location.
+pub fn app_server_error(err: AppError) -> ServerError {
+    let err = async_graphql::Error::from(err);
+    let mut error = ServerError::new(err.message, None);
+    error.extensions = err.extensions;
+    error
+}
+
+/// A failure before execution as a response: RATE_LIMITED is a 429 with `Retry-After` (whole
+/// seconds, rounded up) beside `extensions.retryAfterMs`.
+pub fn app_error_response(err: AppError) -> Response {
+    let (status, retry_after) = match &err {
+        AppError::RateLimited { retry_after } => {
+            (StatusCode::TOO_MANY_REQUESTS, Some(*retry_after))
+        }
+        AppError::BadUserInput { .. } => (StatusCode::BAD_REQUEST, None),
+        AppError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, None),
+        AppError::Forbidden(_) => (StatusCode::FORBIDDEN, None),
+        AppError::NotFound(_) => (StatusCode::NOT_FOUND, None),
+        AppError::Conflict(_) => (StatusCode::CONFLICT, None),
+        AppError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, None),
+        AppError::Provider(_) => (StatusCode::BAD_GATEWAY, None),
+        AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
+    };
+    let body = serde_json::json!({ "errors": [app_server_error(err)] });
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(wait) = retry_after {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(wait)),
+        );
+    }
+    response
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    u64::try_from(wait.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Spends the rate limits of one request's operations (`ratelimit::operations`) before it
+/// runs, for its user, or its client IP when anonymous. `Err` is the response to send instead
+/// (429 with `Retry-After` when limited). For every transport that executes operations from
+/// an HTTP request: `POST`/`GET /graphql` call it, and so should `/graphql/stream`.
+pub async fn admit_requests(
+    app: &App,
+    auth: &Auth,
+    client: &ClientInfo,
+    requests: Vec<&mut async_graphql::Request>,
+) -> Result<(), Response> {
+    let max_query_bytes = app.config.graphql.max_query_bytes;
+    let charges: Vec<(LimitClass, u32)> = requests
+        .into_iter()
+        .filter_map(|request| operations::charge(request, max_query_bytes).cells())
+        .collect();
+    let subject = operations::subject(auth, client);
+    operations::admit(&app.limiter, &subject, charges)
+        .await
+        .map_err(app_error_response)
 }
 
 /// The request body or query string could not be read as GraphQL.
@@ -235,6 +312,11 @@ async fn execute(
 
     let auth = http_auth(app, headers).await;
     let client = client_info(app, headers, peer);
+    let mut batch = batch;
+    let requests = batch.iter_mut().collect();
+    if let Err(refused) = admit_requests(app, &auth, &client, requests).await {
+        return refused;
+    }
     let batch = batch.data(auth).data(client);
     let timeout = app.config.server.request_timeout;
     let Ok(response) = tokio::time::timeout(timeout, state.schema.execute_batch(batch)).await
@@ -380,23 +462,110 @@ async fn websocket(state: AppState, peer: SocketAddr, request: Request<Body>) ->
     };
     let mut data = Data::default();
     data.insert(client);
+    let executor = LegacyExecutor {
+        schema,
+        app: app.clone(),
+        connection: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+    };
     upgrade.on_upgrade(move |socket| {
         let (sink, stream) = socket.split();
         let sink =
             sink.with(|message| async move { Ok::<_, axum::Error>(forbidden_close_code(message)) });
-        GraphQLWebSocket::new_with_pair(Box::pin(sink), stream, schema, protocol)
+        GraphQLWebSocket::new_with_pair(Box::pin(sink), stream, executor, protocol)
             .with_data(data)
             .on_connection_init(move |payload| connection_init(app, payload))
             .serve()
     })
 }
 
+/// The schema behind the legacy `graphql-ws` path, with the limits of the
+/// `graphql-transport-ws` one: each `start` spends a `WsSubscribe` cell of its connection and,
+/// unless it is a subscription, its class cells (`ratelimit::operations`). A refused operation
+/// gets one result carrying RATE_LIMITED, then `complete`.
+#[derive(Clone)]
+struct LegacyExecutor {
+    schema: AppSchema,
+    app: Arc<App>,
+    /// The connection's key for `WsSubscribe`.
+    connection: Arc<str>,
+}
+
+impl LegacyExecutor {
+    async fn admit(
+        &self,
+        request: &mut async_graphql::Request,
+        session: Option<&Data>,
+    ) -> Result<(), AppError> {
+        let limiter = &self.app.limiter;
+        limiter
+            .check(LimitClass::WsSubscribe, &self.connection)
+            .await?;
+        let charge = operations::charge(request, self.app.config.graphql.max_query_bytes);
+        if let Charge::Class(class, cells) = charge {
+            let get = |id: TypeId| session.and_then(|data| data.get(&id));
+            let auth = get(TypeId::of::<Auth>())
+                .and_then(|any| any.downcast_ref::<Auth>())
+                .cloned()
+                .unwrap_or(Auth::Anonymous);
+            let client = get(TypeId::of::<ClientInfo>())
+                .and_then(|any| any.downcast_ref::<ClientInfo>())
+                .cloned()
+                .unwrap_or_default();
+            let subject = operations::subject(&auth, &client);
+            limiter.check_n(class, &subject, cells).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Executor for LegacyExecutor {
+    fn execute(
+        &self,
+        request: async_graphql::Request,
+    ) -> impl Future<Output = async_graphql::Response> + Send {
+        let schema = self.schema.clone();
+        async move { schema.execute(request).await }
+    }
+
+    fn execute_stream(
+        &self,
+        mut request: async_graphql::Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, async_graphql::Response> {
+        let this = self.clone();
+        futures_util::stream::once(async move {
+            match this.admit(&mut request, session_data.as_deref()).await {
+                Ok(()) => Executor::execute_stream(&this.schema, request, session_data),
+                Err(err) => futures_util::stream::once(async move {
+                    async_graphql::Response::from_errors(vec![app_server_error(err)])
+                })
+                .boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
 /// Authenticates a legacy `graphql-ws` `connection_init` (payload as in
-/// `ws::authenticate_init`). No token is an anonymous connection; a bad token closes it.
+/// `ws::authenticate_init`). No token is an anonymous connection; a bad token closes it, and
+/// so does a user's connection past `WS_MAX_CONNECTIONS_PER_USER` (4403 here: the legacy
+/// protocol has no other code).
 async fn connection_init(app: Arc<App>, payload: serde_json::Value) -> async_graphql::Result<Data> {
     match ws::authenticate_init(&app, &payload).await {
         InitAuth::Accepted { auth, .. } => {
             let mut data = Data::default();
+            if let Auth::Viewer(viewer) = &auth {
+                // Held by the connection's data: the place is freed when the connection ends.
+                let Some(slot) = app.limiter.ws_connection(viewer.user_id) else {
+                    return Err(AppError::unauthenticated(format!(
+                        "{WS_FORBIDDEN}{}",
+                        ws::TOO_MANY_CONNECTIONS
+                    ))
+                    .into());
+                };
+                data.insert(slot);
+            }
             data.insert(auth);
             Ok(data)
         }

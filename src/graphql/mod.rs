@@ -23,11 +23,19 @@ use crate::db::DbConn;
 use crate::error::{AppError, AppResult};
 use crate::llm::graphql::{LlmMutation, LlmQuery};
 use crate::streaming::graphql::{StreamingMutation, StreamingSubscription};
+use crate::usage::graphql::{UsageMutation, UsageQuery};
+use crate::usage::subscription::UsageSubscription;
 use crate::users::graphql::{UsersMutation, UsersQuery};
 use crate::workspaces::graphql::{WorkspacesMutation, WorkspacesQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(UsersQuery, WorkspacesQuery, ConversationsQuery, LlmQuery);
+pub struct Query(
+    UsersQuery,
+    WorkspacesQuery,
+    ConversationsQuery,
+    LlmQuery,
+    UsageQuery,
+);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(
@@ -37,10 +45,11 @@ pub struct Mutation(
     ConversationsMutation,
     StreamingMutation,
     LlmMutation,
+    UsageMutation,
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(StreamingSubscription);
+pub struct Subscription(StreamingSubscription, UsageSubscription);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 

@@ -17,7 +17,19 @@
 //! | 4408 | `Connection initialisation timeout`  | no `connection_init` in `WS_INIT_TIMEOUT_MS`|
 //! | 4409 | `Subscriber for <id> already exists` | an id reused while its operation runs       |
 //! | 4429 | `Too many initialisation requests`   | a second `connection_init`                  |
+//! | 4429 | `Too many connections`               | `WS_MAX_CONNECTIONS_PER_USER` reached       |
 //! | 4500 | `Internal server error`              | the session could not be checked            |
+//!
+//! 4429 serves both "too many" closes on purpose: the protocol's own 4429 already tells
+//! clients not to retry at once, which is what a user at the connection cap should do too;
+//! the reason tells the two apart. (The legacy `graphql-ws` path, whose init failures can only
+//! close with 4403, refuses with `Forbidden: Too many connections`.)
+//!
+//! Rate limits (`crate::ratelimit`): every `subscribe` spends a `WsSubscribe` cell of its
+//! connection (`RATE_LIMIT_WS_SUBSCRIBES_PER_MIN`); a query or mutation also spends the cells
+//! of its class for the connection's user (`Generation` for `sendMessage`, `regenerateMessage`
+//! and `editMessage`; `Mutation`; `Query`), as it would over HTTP. A refused `subscribe` gets an
+//! `error` message carrying RATE_LIMITED and `retryAfterMs`; the socket stays open.
 //!
 //! When the access token given in `connection_init` reaches its `exp`, the socket is closed
 //! with 4403, so the client reconnects with a fresh token. Closing the socket, either way,
@@ -40,7 +52,9 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::auth::{Auth, ClientInfo, authenticate, bearer};
 use crate::graphql::AppSchema;
-use crate::graphql::http::WS_MAX_MESSAGE_BYTES;
+use crate::graphql::http::{WS_MAX_MESSAGE_BYTES, app_server_error};
+use crate::ratelimit::operations::{self, Charge};
+use crate::ratelimit::{LimitClass, Limiter, WsConnectionSlot};
 
 /// The subprotocol this module speaks.
 pub const PROTOCOL: &str = "graphql-transport-ws";
@@ -53,6 +67,8 @@ pub mod close_code {
     pub const CONNECTION_INITIALISATION_TIMEOUT: u16 = 4408;
     pub const SUBSCRIBER_ALREADY_EXISTS: u16 = 4409;
     pub const TOO_MANY_INITIALISATION_REQUESTS: u16 = 4429;
+    /// Also used for a user past `WS_MAX_CONNECTIONS_PER_USER`, with its own reason.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4429;
     pub const INTERNAL_SERVER_ERROR: u16 = 4500;
 }
 
@@ -64,6 +80,9 @@ const MAX_OPERATIONS: usize = 100;
 
 /// How long a closing socket waits for the close frame to go out and the client's reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The close reason for a user past `WS_MAX_CONNECTIONS_PER_USER`.
+pub const TOO_MANY_CONNECTIONS: &str = "Too many connections";
 
 /// A close reason must fit a control frame: 125 bytes less the 2-byte code.
 const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -310,6 +329,10 @@ struct Connection {
     /// Running operations by client id. Tasks are aborted when the connection is dropped.
     operations: HashMap<String, AbortHandle>,
     tasks: JoinSet<(String, Outcome)>,
+    /// This connection's key for `WsSubscribe`.
+    limit_key: String,
+    /// The user's place under `WS_MAX_CONNECTIONS_PER_USER`, freed with the connection.
+    _slot: Option<WsConnectionSlot>,
 }
 
 /// Serves one `graphql-transport-ws` socket until either side closes it.
@@ -331,6 +354,8 @@ pub async fn serve(socket: WebSocket, schema: AppSchema, app: Arc<App>, client: 
             expires: None,
             operations: HashMap::new(),
             tasks: JoinSet::new(),
+            limit_key: uuid::Uuid::new_v4().simple().to_string(),
+            _slot: None,
         };
         let end = connection.run(&mut incoming, init_timeout).await;
         let frame = match end {
@@ -505,6 +530,11 @@ impl Connection {
                         End::forbidden()
                     })?;
                 }
+                if let Auth::Viewer(viewer) = &auth {
+                    self._slot = Some(self.app.limiter.ws_connection(viewer.user_id).ok_or_else(
+                        || End::close(close_code::TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS),
+                    )?);
+                }
                 self.auth = Some(auth);
                 self.send(&ServerMessage::ConnectionAck).await
             }
@@ -540,13 +570,37 @@ impl Connection {
                 })
                 .await;
         }
-        let request = payload
-            .into_request()
-            .data(auth.clone())
-            .data(self.client.clone());
+        if let Err(err) = self
+            .app
+            .limiter
+            .check(LimitClass::WsSubscribe, &self.limit_key)
+            .await
+        {
+            return self
+                .send(&ServerMessage::Error {
+                    id: &id,
+                    payload: &[app_server_error(err)],
+                })
+                .await;
+        }
+        let mut request = payload.into_request();
+        // Subscriptions spend only `WsSubscribe`; queries and mutations also their class,
+        // checked in the operation's task so a slow Redis never holds up the socket.
+        let charge = match operations::charge(&mut request, self.app.config.graphql.max_query_bytes)
+        {
+            Charge::Class(class, cells) => Some(Admit {
+                limiter: self.app.limiter.clone(),
+                subject: operations::subject(auth, &self.client),
+                class,
+                cells,
+            }),
+            Charge::Exempt | Charge::Subscription => None,
+        };
+        let request = request.data(auth.clone()).data(self.client.clone());
         let task = self.tasks.spawn(execute(
             self.schema.clone(),
             request,
+            charge,
             id.clone(),
             self.out.clone(),
         ));
@@ -599,13 +653,30 @@ impl Connection {
     }
 }
 
+/// The class cells an operation spends before it runs.
+struct Admit {
+    limiter: Limiter,
+    subject: String,
+    class: LimitClass,
+    cells: u32,
+}
+
 /// Runs one operation, sending each response as `next`.
 async fn execute(
     schema: AppSchema,
     request: async_graphql::Request,
+    admit: Option<Admit>,
     id: String,
     out: mpsc::Sender<Message>,
 ) -> (String, Outcome) {
+    if let Some(admit) = admit
+        && let Err(err) = admit
+            .limiter
+            .check_n(admit.class, &admit.subject, admit.cells)
+            .await
+    {
+        return (id, Outcome::Error(vec![app_server_error(err)]));
+    }
     let mut responses = schema.execute_stream(request);
     let mut first = true;
     while let Some(response) = responses.next().await {

@@ -87,6 +87,10 @@ pub trait EventHub: Send + Sync + 'static {
     async fn stop(&self, message_id: Uuid, reason: StopReason) -> bool;
     /// Stops every running generation of this process (shutdown).
     async fn stop_all(&self, reason: StopReason);
+    /// Tells `usageUpdated` subscribers of a workspace that its quota changed.
+    async fn publish_quota(&self, workspace_id: Uuid);
+    /// One item each time the workspace's quota changes.
+    async fn subscribe_quota(&self, workspace_id: Uuid) -> BoxStream<'static, ()>;
 }
 
 struct Generation {
@@ -100,6 +104,7 @@ struct Generation {
 struct Inner {
     generations: Mutex<HashMap<Uuid, Generation>>,
     conversations: Mutex<HashMap<Uuid, broadcast::Sender<ConversationEvent>>>,
+    quotas: Mutex<HashMap<Uuid, broadcast::Sender<()>>>,
     last_sweep: Mutex<Instant>,
     retention: Duration,
     max_buffer: usize,
@@ -124,6 +129,7 @@ impl InProcessHub {
             inner: Arc::new(Inner {
                 generations: Mutex::new(HashMap::new()),
                 conversations: Mutex::new(HashMap::new()),
+                quotas: Mutex::new(HashMap::new()),
                 last_sweep: Mutex::new(Instant::now()),
                 retention,
                 max_buffer: max_buffer.max(1),
@@ -151,6 +157,7 @@ impl InProcessHub {
                 .is_none_or(|at| now.duration_since(at) < retention)
         });
         lock(&self.inner.conversations).retain(|_, tx| tx.receiver_count() > 0);
+        lock(&self.inner.quotas).retain(|_, tx| tx.receiver_count() > 0);
     }
 
     fn publish_to_conversation(&self, conversation_id: Uuid, event: ConversationEvent) {
@@ -365,6 +372,30 @@ impl EventHub for InProcessHub {
                 let _ = generation.stop.send(reason);
             }
         }
+    }
+
+    async fn publish_quota(&self, workspace_id: Uuid) {
+        if let Some(tx) = lock(&self.inner.quotas).get(&workspace_id) {
+            let _ = tx.send(());
+        }
+    }
+
+    async fn subscribe_quota(&self, workspace_id: Uuid) -> BoxStream<'static, ()> {
+        self.sweep();
+        let rx = lock(&self.inner.quotas)
+            .entry(workspace_id)
+            .or_insert_with(|| broadcast::channel(64).0)
+            .subscribe();
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    // A lagging subscriber only needs to know something changed.
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => return Some(((), rx)),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
     }
 }
 

@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::conversations::model::{Conversation, Message};
 use crate::llm::context::{self, ContextError};
 use crate::llm::{ChatMessage, ChatRequest, ChatRole, Chunk, Usage};
-use crate::streaming::admission::Admitted;
+use crate::streaming::admission::{Admitted, Used};
 use crate::streaming::hub::StopReason;
 use crate::streaming::jobs;
 
@@ -146,7 +146,17 @@ async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReaso
     app.hub
         .finish_generation(g.message_id, g.conversation_id)
         .await;
-    app.admission.settle(&g.admitted, outcome.usage).await;
+    let used = match outcome.usage {
+        Some(u) => Used {
+            prompt_tokens: Some(u.prompt_tokens),
+            completion_tokens: u.completion_tokens,
+            cost_micro_usd: cost.unwrap_or(0),
+            estimated: u.estimated,
+        },
+        // Nothing reached the provider: release the whole reservation.
+        None => Used::default(),
+    };
+    app.admission.settle(&g.admitted, used).await;
     tracing::info!(
         message_id = %g.message_id,
         model = %g.model,

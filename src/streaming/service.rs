@@ -1,8 +1,9 @@
 //! The send path: `sendMessage`, `regenerateMessage`, `editMessage`, `stopGeneration`.
 //!
-//! Checks come first (content, membership, idempotency, model availability, admission);
-//! then one transaction inserts the messages; then the generation is opened on the hub and
-//! started in the background. Nothing slow happens before the call returns.
+//! Checks come first (content, membership, idempotency, model availability, the prompt's
+//! size); then one transaction inserts the messages and reserves the quota (a refusal rolls
+//! everything back); then the generation is opened on the hub and started in the
+//! background. Nothing slow happens before the call returns.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,10 @@ use crate::auth::Viewer;
 use crate::conversations::model::{Conversation, ConversationChanges, Message};
 use crate::conversations::service::{MessageInsert, insert_message, require_conversation};
 use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::llm::catalog::ModelSpec;
+use crate::llm::context::{self, ContextError};
 use crate::llm::keys::resolve_model;
-use crate::llm::tokens::Tokenizer;
+use crate::llm::{ChatMessage, ChatRole};
 use crate::streaming::admission::{AdmissionRequest, Admitted};
 use crate::streaming::hub::{ConversationEvent, StopReason};
 use crate::streaming::runner::Generation;
@@ -50,30 +53,84 @@ pub struct Sent {
     pub assistant: Message,
 }
 
-/// Checks the model and admits the generation (rate limits, quota).
+/// Our count of the prompt a generation under `parent` (plus `new_content`, when the user
+/// message is not stored yet) will send: the context the runner will build. A message too
+/// long for the model is BAD_USER_INPUT here, before anything is stored.
+async fn estimate_prompt(
+    app: &App,
+    conn: &mut AsyncPgConnection,
+    conversation: &Conversation,
+    parent: Option<Uuid>,
+    new_content: Option<&str>,
+    spec: &ModelSpec,
+) -> AppResult<u32> {
+    let mut branch: Vec<ChatMessage> = match parent {
+        Some(id) => Message::path_to(conn, id)
+            .await?
+            .into_iter()
+            .filter(|m| !m.content.trim().is_empty())
+            .map(|m| {
+                let role = if m.role == "ASSISTANT" {
+                    ChatRole::Assistant
+                } else {
+                    ChatRole::User
+                };
+                ChatMessage::new(role, m.content)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(content) = new_content {
+        branch.push(ChatMessage::new(ChatRole::User, content));
+    }
+    let tokenizer = app.providers.catalog().tokenizer(spec);
+    match context::build(
+        conversation.system_prompt.as_deref(),
+        &branch,
+        spec.context_window,
+        spec.max_output_tokens,
+        app.config.chat.context_max_messages,
+        tokenizer,
+    ) {
+        Ok(built) => Ok(built.prompt_tokens as u32),
+        Err(ContextError::TooLong { needed, budget }) => Err(AppError::bad_input(
+            "content",
+            format!(
+                "the message needs {needed} tokens; model {} takes {budget}",
+                spec.id
+            ),
+        )),
+    }
+}
+
+/// Reserves quota for the assistant message, in the caller's transaction.
 async fn admit(
     app: &App,
     conn: &mut AsyncPgConnection,
     viewer: &Viewer,
     conversation: &Conversation,
-    model: &str,
-    prompt: &str,
+    assistant: &Message,
+    spec: &ModelSpec,
+    prompt_tokens: u32,
 ) -> AppResult<Admitted> {
-    let resolved = resolve_model(app, conn, conversation.workspace_id, model).await?;
-    let estimated = Tokenizer::Cl100k.count(prompt) as u32;
     app.admission
-        .admit(&AdmissionRequest {
-            user_id: viewer.user_id,
-            workspace_id: conversation.workspace_id,
-            model: model.to_owned(),
-            estimated_prompt_tokens: estimated,
-            max_output_tokens: resolved.spec.max_output_tokens,
-        })
+        .admit(
+            conn,
+            &AdmissionRequest {
+                user_id: viewer.user_id,
+                workspace_id: conversation.workspace_id,
+                conversation_id: conversation.id,
+                message_id: assistant.id,
+                model: spec.id.clone(),
+                estimated_prompt_tokens: prompt_tokens,
+                max_output_tokens: spec.max_output_tokens,
+            },
+        )
         .await
 }
 
-/// After the messages are committed: the hub learns of the generation, subscribers of the
-/// conversation hear of the new messages, and the runner starts.
+/// After the messages are committed: the hub learns of the generation, subscribers hear of
+/// the new messages and the changed quota, and the runner starts.
 async fn launch(
     app: &Arc<App>,
     conversation: &Conversation,
@@ -92,6 +149,7 @@ async fn launch(
             )
             .await;
     }
+    app.hub.publish_quota(conversation.workspace_id).await;
     app.runners.start(
         app.clone(),
         Generation {
@@ -133,6 +191,55 @@ async fn replay(
     Ok(Some(Sent { user, assistant }))
 }
 
+/// A user message and its answer under `parent`, with the quota reserved, in one
+/// transaction.
+#[allow(clippy::too_many_arguments)]
+async fn insert_turn(
+    app: &App,
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    conversation: &Conversation,
+    parent: Option<Uuid>,
+    content: &str,
+    client_message_id: Option<&str>,
+    spec: &ModelSpec,
+    prompt: u32,
+    switch_model: bool,
+) -> AppResult<(Sent, Admitted)> {
+    conn.transaction::<_, AppError, _>(async |conn| {
+        if switch_model {
+            Conversation::update(
+                conn,
+                conversation.id,
+                &ConversationChanges {
+                    model: Some(spec.id.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        let user = insert_message(
+            conn,
+            &MessageInsert {
+                conversation_id: conversation.id,
+                parent_id: parent,
+                role: "USER",
+                content,
+                status: "COMPLETE",
+                model: None,
+                created_by: Some(viewer.user_id),
+                client_message_id,
+            },
+        )
+        .await?;
+        let assistant =
+            insert_message(conn, &assistant_insert(conversation.id, user.id, &spec.id)).await?;
+        let admitted = admit(app, conn, viewer, conversation, &assistant, spec, prompt).await?;
+        Ok((Sent { user, assistant }, admitted))
+    })
+    .await
+}
+
 pub async fn send(app: &Arc<App>, viewer: &Viewer, input: SendInput<'_>) -> AppResult<Sent> {
     validate_content(input.content)?;
     if let Some(key) = input.client_message_id {
@@ -149,46 +256,35 @@ pub async fn send(app: &Arc<App>, viewer: &Viewer, input: SendInput<'_>) -> AppR
         Some(m) => crate::conversations::service::normalize_model(app, m)?,
         None => conversation.model.clone(),
     };
-    let admitted = admit(app, &mut conn, viewer, &conversation, &model, input.content).await?;
-
+    let spec = resolve_model(app, &mut conn, conversation.workspace_id, &model)
+        .await?
+        .spec;
     let parent = input.parent_id.or(conversation.active_leaf_id);
-    let switch_model = model != conversation.model;
-    let inserted = conn
-        .transaction::<_, AppError, _>(async |conn| {
-            if switch_model {
-                Conversation::update(
-                    conn,
-                    conversation.id,
-                    &ConversationChanges {
-                        model: Some(model.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            }
-            let user = insert_message(
-                conn,
-                &MessageInsert {
-                    conversation_id: conversation.id,
-                    parent_id: parent,
-                    role: "USER",
-                    content: input.content,
-                    status: "COMPLETE",
-                    model: None,
-                    created_by: Some(viewer.user_id),
-                    client_message_id: input.client_message_id,
-                },
-            )
-            .await?;
-            let assistant =
-                insert_message(conn, &assistant_insert(conversation.id, user.id, &model)).await?;
-            Ok(Sent { user, assistant })
-        })
-        .await;
-    let sent = match inserted {
-        Ok(sent) => sent,
+    let prompt = estimate_prompt(
+        app,
+        &mut conn,
+        &conversation,
+        parent,
+        Some(input.content),
+        &spec,
+    )
+    .await?;
+    let inserted = insert_turn(
+        app,
+        &mut conn,
+        viewer,
+        &conversation,
+        parent,
+        input.content,
+        input.client_message_id,
+        &spec,
+        prompt,
+        model != conversation.model,
+    )
+    .await;
+    let (sent, admitted) = match inserted {
+        Ok(done) => done,
         Err(err) => {
-            app.admission.settle(&admitted, None).await;
             // Two concurrent sends with one key: the loser returns the winner's messages.
             if let (Some(key), AppError::Internal(cause)) = (input.client_message_id, &err)
                 && cause
@@ -248,27 +344,23 @@ pub async fn regenerate(
             .clone()
             .unwrap_or_else(|| conversation.model.clone()),
     };
-    let admitted = admit(
-        app,
-        &mut conn,
-        viewer,
-        &conversation,
-        &model,
-        &parent.content,
-    )
-    .await?;
-    let assistant = match insert_message(
-        &mut conn,
-        &assistant_insert(conversation.id, parent.id, &model),
-    )
-    .await
-    {
-        Ok(m) => m,
-        Err(err) => {
-            app.admission.settle(&admitted, None).await;
-            return Err(err);
-        }
-    };
+    let spec = resolve_model(app, &mut conn, conversation.workspace_id, &model)
+        .await?
+        .spec;
+    let prompt =
+        estimate_prompt(app, &mut conn, &conversation, Some(parent.id), None, &spec).await?;
+    let (assistant, admitted) = conn
+        .transaction::<_, AppError, _>(async |conn| {
+            let assistant = insert_message(
+                conn,
+                &assistant_insert(conversation.id, parent.id, &spec.id),
+            )
+            .await?;
+            let admitted =
+                admit(app, conn, viewer, &conversation, &assistant, &spec, prompt).await?;
+            Ok((assistant, admitted))
+        })
+        .await?;
     launch(app, &conversation, &[&assistant], &assistant, admitted).await;
     Ok(assistant)
 }
@@ -293,36 +385,36 @@ pub async fn edit(
             "only user messages can be edited",
         ));
     }
-    let model = conversation.model.clone();
-    let admitted = admit(app, &mut conn, viewer, &conversation, &model, content).await?;
-    let inserted = conn
-        .transaction::<_, AppError, _>(async |conn| {
-            let user = insert_message(
-                conn,
-                &MessageInsert {
-                    conversation_id: conversation.id,
-                    parent_id: message.parent_id,
-                    role: "USER",
-                    content,
-                    status: "COMPLETE",
-                    model: None,
-                    created_by: Some(viewer.user_id),
-                    client_message_id: None,
-                },
-            )
-            .await?;
-            let assistant =
-                insert_message(conn, &assistant_insert(conversation.id, user.id, &model)).await?;
-            Ok(Sent { user, assistant })
-        })
-        .await;
-    let sent = match inserted {
-        Ok(sent) => sent,
-        Err(err) => {
-            app.admission.settle(&admitted, None).await;
-            return Err(err);
-        }
-    };
+    let spec = resolve_model(
+        app,
+        &mut conn,
+        conversation.workspace_id,
+        &conversation.model,
+    )
+    .await?
+    .spec;
+    let prompt = estimate_prompt(
+        app,
+        &mut conn,
+        &conversation,
+        message.parent_id,
+        Some(content),
+        &spec,
+    )
+    .await?;
+    let (sent, admitted) = insert_turn(
+        app,
+        &mut conn,
+        viewer,
+        &conversation,
+        message.parent_id,
+        content,
+        None,
+        &spec,
+        prompt,
+        false,
+    )
+    .await?;
     launch(
         app,
         &conversation,

@@ -146,6 +146,7 @@ impl WorkspaceMemberNode {
 }
 
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(name = "QuotaPeriod")]
 pub enum QuotaPeriod {
     Day,
     Month,

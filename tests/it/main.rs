@@ -8,6 +8,8 @@ mod fake_upstream;
 mod limits;
 mod llm;
 mod providers;
+mod quotas;
+mod ratelimit;
 mod server;
 mod streaming;
 mod tokens;
