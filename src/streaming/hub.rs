@@ -387,12 +387,10 @@ impl EventHub for InProcessHub {
             .or_insert_with(|| broadcast::channel(64).0)
             .subscribe();
         futures_util::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    // A lagging subscriber only needs to know something changed.
-                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => return Some(((), rx)),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
+            match rx.recv().await {
+                // A lagging subscriber only needs to know something changed.
+                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
             }
         })
         .boxed()
