@@ -46,7 +46,7 @@ pub struct App {
     pub passwords: Passwords,
     /// Signs and verifies access tokens.
     pub tokens: TokenKeys,
-    /// Brute-force limits on login and password reset.
+    /// Rate limits per user, IP and operation class (shared through Redis when configured).
     pub limiter: Limiter,
     /// Sends password-reset mail (SMTP, the log, or memory in tests).
     pub mailer: Mailer,

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 use crate::app::AppState;
-use crate::graphql::http::{Rejection, client_info, error_response, http_auth};
+use crate::graphql::http::{Rejection, admit_requests, client_info, error_response, http_auth};
 
 pub async fn stream(
     State(state): State<AppState>,
@@ -37,7 +37,12 @@ pub async fn stream(
     let app = &state.app;
     let auth = http_auth(app, &headers).await;
     let client = client_info(app, &headers, peer);
-    let request = request.into_inner().data(auth).data(client);
+    // Limited like any other request, before it runs.
+    let mut request = request.into_inner();
+    if let Err(refused) = admit_requests(app, &auth, &client, vec![&mut request]).await {
+        return refused;
+    }
+    let request = request.data(auth).data(client);
     let results = state.schema.execute_stream(request).map(|response| {
         let event = Event::default().event("next");
         Ok::<_, Infallible>(match serde_json::to_string(&response) {

@@ -332,7 +332,7 @@ impl Limiter {
                 match asked {
                     Ok(Ok(decision)) => {
                         self.inner.health.answered();
-                        return refused(class, decision);
+                        return outcome(class, decision);
                     }
                     Ok(Err(e)) => self.inner.health.failed(&format!("{e:#}")),
                     Err(_) => self.inner.health.failed("no answer within the timeout"),
@@ -340,7 +340,7 @@ impl Limiter {
             }
             self.inner.health.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        refused(class, self.local_check(class, subject, cells))
+        outcome(class, self.local_check(class, subject, cells))
     }
 
     async fn redis_check(
@@ -447,7 +447,7 @@ fn subject_key(key: &str) -> String {
     }
 }
 
-fn refused(class: LimitClass, decision: Decision) -> AppResult<()> {
+fn outcome(class: LimitClass, decision: Decision) -> AppResult<()> {
     match decision {
         Decision::Allowed => Ok(()),
         Decision::Refused(wait) => {

@@ -187,6 +187,11 @@ pub fn test_config(db_name: &str, overrides: &[(&str, &str)]) -> Config {
         ("PASSWORD_RESET_LIMIT_PER_EMAIL".into(), "1000".into()),
         ("PASSWORD_RESET_LIMIT_PER_IP".into(), "1000".into()),
         ("PASSWORD_HASH_CONCURRENCY".into(), "4".into()),
+        // Every test comes from 127.0.0.1: keep each test's rate-limit buckets its own.
+        (
+            "RATE_LIMIT_KEY_PREFIX".into(),
+            format!("colloquy:rl-test:{db_name}"),
+        ),
     ]);
     for (k, v) in overrides {
         vars.insert((*k).to_owned(), (*v).to_owned());
