@@ -197,6 +197,12 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
     db::prepare(&config.database.url).await?;
     let app = App::build(config)?;
     recover(&app).await?;
+    // The dummy hash that unknown-email logins verify against, built now rather than on the
+    // first such login (which would then take twice as long as the others).
+    let passwords = app.passwords.clone();
+    tokio::spawn(async move {
+        let _ = passwords.verify("warm-up", None).await;
+    });
     Ok(AppState::new(app))
 }
 

@@ -92,16 +92,35 @@ pub struct ServerConfig {
     pub ws_init_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseConfig {
     pub url: String,
     pub pool_size: usize,
     pub pool_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     pub url: Option<String>,
+}
+
+// URLs may carry passwords: `Debug` shows where, never who.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::db::describe(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("pool_timeout", &self.pool_timeout)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("configured", &self.url.is_some())
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -582,8 +601,19 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_secret() {
-        let c = config(&[("JWT_SECRET", "super-secret-value-that-must-not-leak")]).expect("ok");
+        let c = config(&[
+            ("JWT_SECRET", "super-secret-value-that-must-not-leak"),
+            (
+                "DATABASE_URL",
+                "postgres://app:db-password-here@db:5432/app",
+            ),
+            ("REDIS_URL", "redis://:redis-password-here@cache:6379"),
+            ("OPENAI_API_KEY", "sk-openai-key-here"),
+        ])
+        .expect("ok");
         let printed = format!("{c:?}");
-        assert!(!printed.contains("super-secret"), "{printed}");
+        for secret in ["super-secret", "db-password", "redis-password", "sk-openai"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
     }
 }

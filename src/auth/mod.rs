@@ -23,6 +23,8 @@ use crate::error::{AppError, AppResult};
 pub struct Viewer {
     pub user_id: Uuid,
     pub session_id: Uuid,
+    /// When the access token expires (Unix seconds): long-lived streams end then.
+    pub expires_at: i64,
 }
 
 /// What the request's credentials turned out to be.
@@ -75,6 +77,7 @@ pub async fn authenticate(app: &App, token: Option<&str>) -> Auth {
         Ok(true) => Auth::Viewer(Viewer {
             user_id: claims.sub,
             session_id: claims.sid,
+            expires_at: claims.exp,
         }),
         Ok(false) => Auth::Rejected,
         Err(err) => {

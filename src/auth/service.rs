@@ -144,6 +144,10 @@ pub async fn login(
     app.limiter
         .check(LimitClass::LoginPerIp, &client.ip_key())
         .await?;
+    // Nothing longer is an email, and it must not become a limiter key.
+    if email.len() > 254 {
+        return Err(AppError::unauthenticated(BAD_CREDENTIALS));
+    }
     app.limiter.check(LimitClass::LoginPerEmail, &email).await?;
     if password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(AppError::unauthenticated(BAD_CREDENTIALS));
@@ -286,6 +290,8 @@ pub async fn change_password(
     let revoked = conn
         .transaction::<_, AppError, _>(async |conn| {
             User::set_password_hash(conn, user_id, &hash).await?;
+            // Reset links mailed before the change die with the old password.
+            PasswordResetToken::consume_all_for_user(conn, user_id).await?;
             Ok(
                 Session::revoke_all_for_user(conn, user_id, Some(keep), reason::PASSWORD_CHANGED)
                     .await?,
@@ -308,6 +314,9 @@ pub async fn request_password_reset(
         .check(LimitClass::ResetPerIp, &client.ip_key())
         .await?;
     let email = email.trim().to_lowercase();
+    if email.len() > 254 {
+        return Ok(true);
+    }
     app.limiter.check(LimitClass::ResetPerEmail, &email).await?;
     let app = app.clone();
     tokio::spawn(async move {

@@ -429,6 +429,19 @@ impl Message {
             .optional()
     }
 
+    /// The messages of a conversation still being generated.
+    pub async fn streaming_in(
+        conn: &mut AsyncPgConnection,
+        conversation_id: Uuid,
+    ) -> QueryResult<Vec<Uuid>> {
+        messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
+            .select(messages::id)
+            .load(conn)
+            .await
+    }
+
     /// The first reply under a message.
     pub async fn first_child(
         conn: &mut AsyncPgConnection,

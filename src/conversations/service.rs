@@ -126,6 +126,12 @@ pub async fn delete(app: &App, viewer: &Viewer, id: Uuid) -> AppResult<bool> {
             "only its creator or a workspace ADMIN can delete a conversation".to_owned(),
         ));
     }
+    // Answers still streaming stop first; their usage is still charged.
+    for message_id in Message::streaming_in(&mut conn, id).await? {
+        app.hub
+            .stop(message_id, crate::streaming::hub::StopReason::Cancelled)
+            .await;
+    }
     Conversation::delete(&mut conn, id).await?;
     Ok(true)
 }

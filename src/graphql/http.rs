@@ -206,7 +206,9 @@ pub fn client_info(app: &App, headers: &HeaderMap, peer: SocketAddr) -> ClientIn
             headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
+                // The rightmost entry is the one our proxy added; the others are the
+                // client's to invent.
+                .and_then(|v| v.rsplit(',').next())
                 .and_then(|v| v.trim().parse::<IpAddr>().ok())
         })
         .flatten();

@@ -321,7 +321,7 @@ impl Catalog {
             }
         }
         // Gemini's key is often called GOOGLE_API_KEY.
-        if lookup("GEMINI_API_KEY").is_none()
+        if lookup("GEMINI_API_KEY").is_none_or(|k| k.is_empty())
             && let Some(p) = catalog.providers.get_mut("google")
         {
             p.api_key_env = Some("GOOGLE_API_KEY".to_owned());

@@ -15,6 +15,7 @@ use crate::conversations::model::{Conversation, Message};
 use crate::conversations::service::require_conversation;
 use crate::error::{AppError, AppResult};
 use crate::graphql::{app, parse_id};
+use crate::streaming::guard::{Scope, guarded};
 use crate::streaming::hub::{ConversationEvent as HubEvent, GenerationEvent};
 use crate::streaming::service::{self, SendInput};
 
@@ -195,7 +196,7 @@ async fn message_events(
     app: Arc<App>,
     message_id: Uuid,
     after_seq: u32,
-) -> BoxStream<'static, MessageStreamEvent> {
+) -> BoxStream<'static, async_graphql::Result<MessageStreamEvent>> {
     let id = ID(message_id.to_string());
     if let Some(events) = app.hub.subscribe_generation(message_id, after_seq).await {
         let app = app.clone();
@@ -204,29 +205,33 @@ async fn message_events(
             .then(move |(event, app, id)| async move {
                 match event {
                     GenerationEvent::Delta { seq, text } => {
-                        Some(MessageStreamEvent::MessageDelta(MessageDelta {
+                        Some(Ok(MessageStreamEvent::MessageDelta(MessageDelta {
                             message_id: id,
                             seq: seq as i32,
                             text,
-                        }))
+                        })))
                     }
-                    GenerationEvent::Finished | GenerationEvent::Lost => {
-                        load_message(&app, message_id)
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(finished)
-                    }
+                    GenerationEvent::Finished => load_message(&app, message_id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|m| Ok(finished(m))),
+                    // Never a made-up end: the client resubscribes, or reads the message.
+                    GenerationEvent::Lost => Some(Err(AppError::bad_input(
+                        "afterSeq",
+                        "the deltas after afterSeq are no longer kept; read the message and subscribe again",
+                    )
+                    .into())),
                 }
             })
             .take_while(|event| std::future::ready(event.is_some()))
             .filter_map(std::future::ready)
             .scan(false, |done, event| {
-                // End after MessageFinished.
+                // End after MessageFinished or an error.
                 if *done {
                     return std::future::ready(None);
                 }
-                *done = matches!(event, MessageStreamEvent::MessageFinished(_));
+                *done = !matches!(event, Ok(MessageStreamEvent::MessageDelta(_)));
                 std::future::ready(Some(event))
             })
             .boxed();
@@ -249,7 +254,7 @@ async fn message_events(
                         }));
                     }
                     events.push(finished(message));
-                    return Some((futures_util::stream::iter(events), None));
+                    return Some((futures_util::stream::iter(events.into_iter().map(Ok)), None));
                 }
                 tokio::time::sleep(POLL).await;
             }
@@ -272,8 +277,8 @@ impl StreamingSubscription {
         ctx: &Context<'_>,
         message_id: ID,
         #[graphql(default = 0)] after_seq: Option<i32>,
-    ) -> async_graphql::Result<BoxStream<'static, MessageStreamEvent>> {
-        let viewer = viewer(ctx)?;
+    ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<MessageStreamEvent>>> {
+        let viewer = *viewer(ctx)?;
         let app = app(ctx)?.clone();
         let message_id = parse_id("messageId", &message_id)?;
         let after_seq = after_seq.unwrap_or(0);
@@ -281,12 +286,18 @@ impl StreamingSubscription {
             return Err(AppError::bad_input("afterSeq", "afterSeq must not be negative").into());
         }
         let mut conn = app.db.get().await.map_err(AppError::from)?;
-        Message::find_for_member(&mut conn, message_id, viewer.user_id)
+        let (_, conversation, _) = Message::find_for_member(&mut conn, message_id, viewer.user_id)
             .await
             .map_err(AppError::from)?
             .ok_or_else(|| AppError::not_found("message"))?;
         drop(conn);
-        Ok(message_events(app, message_id, after_seq as u32).await)
+        let events = message_events(app.clone(), message_id, after_seq as u32).await;
+        Ok(guarded(
+            events,
+            app,
+            viewer,
+            Scope::Conversation(conversation.id),
+        ))
     }
 
     /// Everything that happens in a conversation: new messages, deltas of every answer,
@@ -295,7 +306,7 @@ impl StreamingSubscription {
         &self,
         ctx: &Context<'_>,
         conversation_id: ID,
-    ) -> async_graphql::Result<BoxStream<'static, ConversationEvent>> {
+    ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<ConversationEvent>>> {
         let viewer = *viewer(ctx)?;
         let app = app(ctx)?.clone();
         let conversation_id = parse_id("conversationId", &conversation_id)?;
@@ -303,7 +314,8 @@ impl StreamingSubscription {
         require_conversation(&mut conn, &viewer, conversation_id).await?;
         drop(conn);
         let events = app.hub.subscribe_conversation(conversation_id).await;
-        Ok(events
+        let guard_app = app.clone();
+        let events = events
             .then(move |event| {
                 let app = app.clone();
                 async move {
@@ -349,6 +361,13 @@ impl StreamingSubscription {
                 }
             })
             .filter_map(std::future::ready)
-            .boxed())
+            .map(Ok)
+            .boxed();
+        Ok(guarded(
+            events,
+            guard_app,
+            viewer,
+            Scope::Conversation(conversation_id),
+        ))
     }
 }

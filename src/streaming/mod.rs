@@ -6,10 +6,12 @@
 //! - `hub`: the `EventHub` trait and its in-process implementation
 //! - `admission`: the rate-limit and quota interface of the send path
 //! - `jobs`: durable background jobs (conversation titles)
+//! - `guard`: long-lived streams re-check access while they run
 //! - `graphql`: mutations, subscriptions and event types
 
 pub mod admission;
 pub mod graphql;
+pub mod guard;
 pub mod hub;
 pub mod jobs;
 pub mod runner;

@@ -55,7 +55,16 @@ impl Runners {
         self.running.fetch_add(1, Ordering::SeqCst);
         let runners = self.clone();
         tokio::spawn(async move {
-            run(&app, &generation, stop).await;
+            let task = {
+                let (app, generation) = (app.clone(), generation.clone());
+                tokio::spawn(async move { run(&app, &generation, stop).await })
+            };
+            if let Err(err) = task.await {
+                // A panic must not leave the message STREAMING, its quota held or its
+                // subscribers waiting.
+                tracing::error!(message_id = %generation.message_id, error = %err, "generation task died");
+                abandon(&app, &generation).await;
+            }
             if runners.running.fetch_sub(1, Ordering::SeqCst) == 1 {
                 runners.idle.notify_waiters();
             }
@@ -86,6 +95,37 @@ impl Runners {
             );
         }
     }
+}
+
+/// Ends a generation whose task died: FAILED with what was flushed, quota released.
+async fn abandon(app: &App, g: &Generation) {
+    let result = async {
+        let mut conn = app.db.get().await?;
+        let content = Message::find(&mut conn, g.message_id)
+            .await?
+            .map(|m| m.content)
+            .unwrap_or_default();
+        Message::finish(
+            &mut conn,
+            g.message_id,
+            "FAILED",
+            &content,
+            None,
+            None,
+            None,
+            Some("internal error during the generation"),
+        )
+        .await?;
+        Ok::<_, crate::error::AppError>(())
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::error!(?err, message_id = %g.message_id, "cannot fail an abandoned generation");
+    }
+    app.hub
+        .finish_generation(g.message_id, g.conversation_id)
+        .await;
+    app.admission.settle(&g.admitted, Used::default()).await;
 }
 
 /// How a generation ended.

@@ -191,6 +191,15 @@ async fn replay(
     Ok(Some(Sent { user, assistant }))
 }
 
+/// Where a new user message goes.
+#[derive(Clone, Copy)]
+enum Parent {
+    /// After the newest message of the active branch, as it is when the turn is stored.
+    Active,
+    /// Under this message (None: a new root).
+    Under(Option<Uuid>),
+}
+
 /// A user message and its answer under `parent`, with the quota reserved, in one
 /// transaction.
 #[allow(clippy::too_many_arguments)]
@@ -199,7 +208,7 @@ async fn insert_turn(
     conn: &mut AsyncPgConnection,
     viewer: &Viewer,
     conversation: &Conversation,
-    parent: Option<Uuid>,
+    parent: Parent,
     content: &str,
     client_message_id: Option<&str>,
     spec: &ModelSpec,
@@ -207,6 +216,18 @@ async fn insert_turn(
     switch_model: bool,
 ) -> AppResult<(Sent, Admitted)> {
     conn.transaction::<_, AppError, _>(async |conn| {
+        // Following the active branch: read its leaf under the conversation's lock, so two
+        // sends at once chain one after the other instead of forking silently.
+        let parent = match parent {
+            Parent::Active => {
+                Conversation::lock(conn, conversation.id).await?;
+                Conversation::find(conn, conversation.id)
+                    .await?
+                    .ok_or_else(|| AppError::not_found("conversation"))?
+                    .active_leaf_id
+            }
+            Parent::Under(id) => id,
+        };
         if switch_model {
             Conversation::update(
                 conn,
@@ -259,16 +280,20 @@ pub async fn send(app: &Arc<App>, viewer: &Viewer, input: SendInput<'_>) -> AppR
     let spec = resolve_model(app, &mut conn, conversation.workspace_id, &model)
         .await?
         .spec;
-    let parent = input.parent_id.or(conversation.active_leaf_id);
+    // The estimate reads the branch as it is now; the turn re-reads it under a lock.
     let prompt = estimate_prompt(
         app,
         &mut conn,
         &conversation,
-        parent,
+        input.parent_id.or(conversation.active_leaf_id),
         Some(input.content),
         &spec,
     )
     .await?;
+    let parent = match input.parent_id {
+        Some(id) => Parent::Under(Some(id)),
+        None => Parent::Active,
+    };
     let inserted = insert_turn(
         app,
         &mut conn,
@@ -407,7 +432,7 @@ pub async fn edit(
         &mut conn,
         viewer,
         &conversation,
-        message.parent_id,
+        Parent::Under(message.parent_id),
         content,
         None,
         &spec,
@@ -453,7 +478,7 @@ pub async fn stop(app: &Arc<App>, viewer: &Viewer, message_id: Uuid) -> AppResul
     } else {
         // No runner has it (its process died): end it here, text kept.
         let mut conn = app.db.get().await?;
-        Message::finish(
+        let finished_here = Message::finish(
             &mut conn,
             message_id,
             "CANCELLED",
@@ -464,7 +489,9 @@ pub async fn stop(app: &Arc<App>, viewer: &Viewer, message_id: Uuid) -> AppResul
             None,
         )
         .await?;
-        app.hub.finish_generation(message_id, conversation.id).await;
+        if finished_here {
+            app.hub.finish_generation(message_id, conversation.id).await;
+        }
     }
     let mut conn = app.db.get().await?;
     Message::find(&mut conn, message_id)

@@ -206,7 +206,18 @@ impl UsageMutation {
             return Err(AppError::bad_input("tokenLimit", "limits must not be negative").into());
         }
         let mut conn = conn(ctx).await?;
-        require(&mut conn, viewer, workspace_id, Role::Admin).await?;
+        let access = require(&mut conn, viewer, workspace_id, Role::Admin).await?;
+        let target: Option<String> = workspace_members::table
+            .find((workspace_id, user_id))
+            .select(workspace_members::role)
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(AppError::from)?;
+        let target = target.ok_or_else(|| AppError::not_found("member"))?;
+        if Role::from_db(&target) == Role::Owner && access.role != Role::Owner {
+            return Err(AppError::Forbidden("only an OWNER can limit an OWNER".to_owned()).into());
+        }
         let n = diesel::update(workspace_members::table.find((workspace_id, user_id)))
             .set(workspace_members::token_limit.eq(token_limit))
             .execute(&mut conn)

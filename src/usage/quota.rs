@@ -161,14 +161,59 @@ struct Released {
     tokens: i64,
 }
 
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
 /// Releases reservation `reservation_id` (if the sweeper has not already) and adds the actual
-/// usage to the workspace and the member, then writes the ledger row.
+/// usage to the workspace and the member, with the ledger row, once: a settlement that finds
+/// the generation's ledger row already there changes nothing (retries, double settlement).
+/// The ledger keeps its references only while they exist (a conversation deleted mid-stream
+/// does not void the charge).
 pub async fn settle(
     conn: &mut AsyncPgConnection,
     reservation_id: Option<Uuid>,
     s: &Settlement,
 ) -> AppResult<()> {
     conn.transaction::<_, AppError, _>(async |conn| {
+        let generated = s.prompt_tokens.is_some();
+        if generated {
+            let inserted: Count = diesel::sql_query(
+                "WITH row AS ( \
+                     INSERT INTO usage_records (id, workspace_id, user_id, conversation_id, message_id, \
+                         model, prompt_tokens, completion_tokens, cost_micro_usd, estimated) \
+                     SELECT $1, w.id, (SELECT id FROM users WHERE id = $3), \
+                            (SELECT id FROM conversations WHERE id = $4), \
+                            (SELECT id FROM messages WHERE id = $5), \
+                            $6, $7, $8, $9, $10 \
+                     FROM workspaces w WHERE w.id = $2 \
+                     ON CONFLICT (message_id) DO NOTHING \
+                     RETURNING 1 \
+                 ) SELECT count(*)::bigint AS n FROM row",
+            )
+            .bind::<SqlUuid, _>(Uuid::now_v7())
+            .bind::<SqlUuid, _>(s.workspace_id)
+            .bind::<Nullable<SqlUuid>, _>(s.user_id)
+            .bind::<Nullable<SqlUuid>, _>(s.conversation_id)
+            .bind::<Nullable<SqlUuid>, _>(s.message_id)
+            .bind::<Text, _>(&s.model)
+            .bind::<BigInt, _>(s.prompt_tokens.unwrap_or(0))
+            .bind::<BigInt, _>(s.completion_tokens)
+            .bind::<BigInt, _>(s.cost_micro_usd)
+            .bind::<Bool, _>(s.estimated)
+            .get_result(conn)
+            .await?;
+            if inserted.n == 0 {
+                // Settled before (or the workspace is gone): only the reservation may remain.
+                diesel::sql_query("DELETE FROM quota_reservations WHERE id = $1")
+                    .bind::<Nullable<SqlUuid>, _>(reservation_id)
+                    .execute(conn)
+                    .await?;
+                return Ok(());
+            }
+        }
         let released: i64 = match reservation_id {
             Some(id) => diesel::sql_query("DELETE FROM quota_reservations WHERE id = $1 RETURNING tokens")
                 .bind::<SqlUuid, _>(id)
@@ -179,7 +224,6 @@ pub async fn settle(
             None => 0,
         };
         let used = s.prompt_tokens.unwrap_or(0) + s.completion_tokens;
-        let generated = s.prompt_tokens.is_some();
         diesel::sql_query(format!(
             "UPDATE workspace_quotas q SET \
                  tokens_used = CASE WHEN q.period_start < {CURRENT} THEN 0 ELSE q.tokens_used END + $2, \
@@ -212,25 +256,6 @@ pub async fn settle(
             .execute(conn)
             .await?;
         }
-        if generated {
-            diesel::sql_query(
-                "INSERT INTO usage_records (id, workspace_id, user_id, conversation_id, message_id, model, \
-                     prompt_tokens, completion_tokens, cost_micro_usd, estimated) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind::<SqlUuid, _>(Uuid::now_v7())
-            .bind::<SqlUuid, _>(s.workspace_id)
-            .bind::<Nullable<SqlUuid>, _>(s.user_id)
-            .bind::<Nullable<SqlUuid>, _>(s.conversation_id)
-            .bind::<Nullable<SqlUuid>, _>(s.message_id)
-            .bind::<Text, _>(&s.model)
-            .bind::<BigInt, _>(s.prompt_tokens.unwrap_or(0))
-            .bind::<BigInt, _>(s.completion_tokens)
-            .bind::<BigInt, _>(s.cost_micro_usd)
-            .bind::<Bool, _>(s.estimated)
-            .execute(conn)
-            .await?;
-        }
         Ok(())
     })
     .await
@@ -238,7 +263,7 @@ pub async fn settle(
 
 /// Releases reservations past their expiry (their settlement never came). Returns how many.
 pub async fn sweep(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
-    diesel::sql_query(
+    let swept: Count = diesel::sql_query(
         "WITH expired AS ( \
              DELETE FROM quota_reservations WHERE expires_at < now() \
              RETURNING workspace_id, user_id, tokens \
@@ -246,14 +271,17 @@ pub async fn sweep(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
              UPDATE workspace_quotas q SET tokens_reserved = GREATEST(q.tokens_reserved - e.t, 0) \
              FROM (SELECT workspace_id, sum(tokens)::bigint AS t FROM expired GROUP BY 1) e \
              WHERE q.workspace_id = e.workspace_id \
+         ), by_member AS ( \
+             UPDATE workspace_members m SET tokens_reserved = GREATEST(m.tokens_reserved - e.t, 0) \
+             FROM (SELECT workspace_id, user_id, sum(tokens)::bigint AS t FROM expired \
+                   WHERE user_id IS NOT NULL GROUP BY 1, 2) e \
+             WHERE m.workspace_id = e.workspace_id AND m.user_id = e.user_id \
          ) \
-         UPDATE workspace_members m SET tokens_reserved = GREATEST(m.tokens_reserved - e.t, 0) \
-         FROM (SELECT workspace_id, user_id, sum(tokens)::bigint AS t FROM expired \
-               WHERE user_id IS NOT NULL GROUP BY 1, 2) e \
-         WHERE m.workspace_id = e.workspace_id AND m.user_id = e.user_id",
+         SELECT count(*)::bigint AS n FROM expired",
     )
-    .execute(conn)
-    .await
+    .get_result(conn)
+    .await?;
+    Ok(swept.n as usize)
 }
 
 /// A workspace's quota row.

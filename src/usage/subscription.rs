@@ -8,6 +8,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use crate::auth::viewer;
 use crate::error::AppError;
 use crate::graphql::{app, parse_id};
+use crate::streaming::guard::{Scope, guarded};
 use crate::usage::quota;
 use crate::workspaces::access::require;
 use crate::workspaces::graphql::QuotaNode;
@@ -23,7 +24,7 @@ impl UsageSubscription {
         &self,
         ctx: &Context<'_>,
         workspace_id: ID,
-    ) -> async_graphql::Result<BoxStream<'static, QuotaNode>> {
+    ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<QuotaNode>>> {
         let viewer = *viewer(ctx)?;
         let app = app(ctx)?.clone();
         let workspace_id = parse_id("workspaceId", &workspace_id)?;
@@ -33,7 +34,8 @@ impl UsageSubscription {
         }
         let changes = app.hub.subscribe_quota(workspace_id).await;
         let signals = futures_util::stream::once(async {}).chain(changes);
-        Ok(signals
+        let guard_app = app.clone();
+        let quotas = signals
             .then(move |()| {
                 let app = app.clone();
                 async move {
@@ -43,6 +45,13 @@ impl UsageSubscription {
                 }
             })
             .filter_map(std::future::ready)
-            .boxed())
+            .map(Ok)
+            .boxed();
+        Ok(guarded(
+            quotas,
+            guard_app,
+            viewer,
+            Scope::Workspace(workspace_id),
+        ))
     }
 }

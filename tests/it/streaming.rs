@@ -777,3 +777,105 @@ async fn server_sent_events_transport() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_access_ends() {
+    let chat = chat(&[("ECHO_TOKEN_DELAY_MS", "0")]).await;
+    let owner_ws = chat.app.create_workspace(&chat.user, "Shared").await;
+    let guest = chat.app.register("guest2@example.com").await;
+    chat.app
+        .add_member(&chat.user, &owner_ws, "guest2@example.com", "MEMBER")
+        .await;
+    let shared = chat
+        .app
+        .create_conversation(&chat.user, &owner_ws, "shared")
+        .await;
+    // A second session of the owner, logged out later, and a member removed later.
+    let other = crate::common::session_from(
+        &chat
+            .app
+            .login("stream@example.com", crate::common::PASSWORD)
+            .await,
+        "login",
+    );
+    let mut owner_feed = GqlSocket::connect(&chat.app, &other.access).await;
+    owner_feed
+        .subscribe("1", EVENTS, json!({ "c": shared }))
+        .await;
+    let mut guest_feed = GqlSocket::connect(&chat.app, &guest.access).await;
+    guest_feed
+        .subscribe("1", EVENTS, json!({ "c": shared }))
+        .await;
+    // Past the re-check interval, access ends for both.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    chat.app
+        .gql(
+            "mutation($t: String!) { logout(refreshToken: $t) }",
+            json!({ "t": other.refresh }),
+        )
+        .await;
+    let remove =
+        "mutation($w: ID!, $u: ID!) { removeWorkspaceMember(workspaceId: $w, userId: $u) }";
+    let body = chat
+        .app
+        .gql_as(
+            Some(&chat.user.access),
+            remove,
+            json!({ "w": owner_ws, "u": guest.user_id }),
+        )
+        .await;
+    assert_eq!(body["data"]["removeWorkspaceMember"], true, "{body}");
+    let body = chat
+        .app
+        .gql_as(
+            Some(&chat.user.access),
+            SEND,
+            json!({ "i": { "conversationId": shared, "content": "after" } }),
+        )
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let owner_events = owner_feed.collect("1", 50).await;
+    let last = owner_events.last().expect("an error ends the stream");
+    assert_eq!(
+        last["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{owner_events:?}"
+    );
+    assert!(
+        !last.to_string().contains("after"),
+        "nothing delivered after logout"
+    );
+    let guest_events = guest_feed.collect("1", 50).await;
+    let last = guest_events.last().expect("an error ends the stream");
+    assert_eq!(
+        last["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{guest_events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_chain_instead_of_forking() {
+    let chat = chat(&[("ECHO_TOKEN_DELAY_MS", "0")]).await;
+    let (a, b) = tokio::join!(
+        chat.send("first", json!({})),
+        chat.send("second", json!({}))
+    );
+    for body in [&a, &b] {
+        let id = body["data"]["sendMessage"]["assistantMessage"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{body}"));
+        chat.wait_finished(id).await;
+    }
+    let branch = "query($c: ID!) { conversation(id: $c) { messageCount messages { edges { node { content } } } } }";
+    let body = chat
+        .app
+        .gql_as(
+            Some(&chat.user.access),
+            branch,
+            json!({ "c": chat.conversation }),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["conversation"]["messageCount"], 4,
+        "both turns on one branch: {body}"
+    );
+}
