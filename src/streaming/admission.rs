@@ -114,8 +114,9 @@ impl Admission for QuotaAdmission {
             cost_micro_usd: used.cost_micro_usd,
             estimated: used.estimated,
         };
-        // Settlement must not be lost to a passing database hiccup.
-        for attempt in 0..5u64 {
+        // Settlement must not be lost to a database failover; past this, the reservation
+        // expires and the sweeper releases it.
+        for attempt in 0..10u32 {
             let result = async {
                 let mut conn = self.db.get().await?;
                 quota::settle(&mut conn, admitted.reservation, &settlement).await
@@ -128,7 +129,9 @@ impl Admission for QuotaAdmission {
                 }
                 Err(err) => {
                     tracing::error!(?err, attempt, reservation = ?admitted.reservation, "cannot settle a reservation");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+                    let wait = std::time::Duration::from_millis(250 * 2u64.pow(attempt))
+                        .min(std::time::Duration::from_secs(15));
+                    tokio::time::sleep(wait).await;
                 }
             }
         }

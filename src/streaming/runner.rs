@@ -154,8 +154,9 @@ async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReaso
         _ => None,
     };
     let mut finished = false;
-    // The final write matters more than anything else here: retry it briefly.
-    for attempt in 0..5u64 {
+    // The final write matters more than anything else here: ride out a database failover
+    // (about a minute of retries) before leaving it to the recovery at the next start.
+    for attempt in 0..10u32 {
         let write = async {
             let mut conn = app.db.get().await?;
             Ok::<bool, crate::error::AppError>(
@@ -179,7 +180,9 @@ async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReaso
             }
             Err(err) => {
                 tracing::error!(message_id = %g.message_id, ?err, attempt, "cannot write the end of a generation");
-                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                let wait =
+                    Duration::from_millis(250 * 2u64.pow(attempt)).min(Duration::from_secs(15));
+                tokio::time::sleep(wait).await;
             }
         }
     }
