@@ -126,6 +126,7 @@ impl App {
     /// Builds the state from a configuration. Does not touch the database: call
     /// `db::prepare` first (as `start` does).
     pub fn build(config: Config) -> anyhow::Result<App> {
+        crate::metrics::install();
         let db = db::pool(&config.database)?;
         let hub: Arc<dyn EventHub> = Arc::new(InProcessHub::new(
             config.chat.hub_retention,
@@ -262,7 +263,8 @@ pub fn router(state: AppState) -> Router {
         .route("/graphiql", get(graphiql::page))
         .route("/graphiql/assets/{file}", get(graphiql::asset))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
     if !config.is_production() {
         router = router.route("/", get(graphiql::page));
     }
@@ -308,6 +310,11 @@ fn cors(config: &Config) -> Option<CorsLayer> {
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// Prometheus metrics in the text exposition format.
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    crate::metrics::render(&state.app)
 }
 
 /// 200 when Postgres (and Redis, when configured) answer within two seconds; 503 otherwise,
@@ -365,6 +372,7 @@ pub async fn serve(
         loop {
             tick.tick().await;
             limiter.retain_recent();
+            crate::metrics::upkeep();
         }
     });
 

@@ -13,6 +13,7 @@
 //! - `streaming`: send path, generation runner, event hub, jobs, subscriptions
 //! - `usage`: quota reservation and settlement, the usage ledger and report
 //! - `mail`: outgoing mail
+//! - `metrics`: the Prometheus recorder, `/metrics`, and one-line helpers for call sites
 //! - `validate`: input checks shared by the domains
 
 pub mod app;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod graphql;
 pub mod llm;
 pub mod mail;
+pub mod metrics;
 pub mod ratelimit;
 pub mod streaming;
 pub mod usage;

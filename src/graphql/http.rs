@@ -19,7 +19,7 @@ use axum::extract::ws::{CloseFrame, Message};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::BoxStream;
+use futures_util::stream::{BoxStream, FuturesOrdered};
 use futures_util::{SinkExt, StreamExt};
 
 use crate::app::{App, AppState};
@@ -321,8 +321,7 @@ async fn execute(
     }
     let batch = batch.data(auth).data(client);
     let timeout = app.config.server.request_timeout;
-    let Ok(response) = tokio::time::timeout(timeout, state.schema.execute_batch(batch)).await
-    else {
+    let Ok(response) = tokio::time::timeout(timeout, execute_batch(state, batch)).await else {
         tracing::warn!(?timeout, "GraphQL request timed out");
         return error_response(
             StatusCode::GATEWAY_TIMEOUT,
@@ -331,6 +330,71 @@ async fn execute(
         );
     };
     respond(headers, response)
+}
+
+/// `Schema::execute_batch` (the operations run concurrently, answers in order), timing each
+/// operation for the metrics.
+async fn execute_batch(state: &AppState, batch: BatchRequest) -> BatchResponse {
+    let max_query_bytes = state.app.config.graphql.max_query_bytes;
+    match batch {
+        BatchRequest::Single(request) => {
+            BatchResponse::Single(execute_one(state, request, max_query_bytes).await)
+        }
+        BatchRequest::Batch(requests) => BatchResponse::Batch(
+            requests
+                .into_iter()
+                .map(|request| execute_one(state, request, max_query_bytes))
+                .collect::<FuturesOrdered<_>>()
+                .collect()
+                .await,
+        ),
+    }
+}
+
+/// Runs one operation and records `colloquy_graphql_requests_total` and its duration.
+async fn execute_one(
+    state: &AppState,
+    mut request: async_graphql::Request,
+    max_query_bytes: usize,
+) -> async_graphql::Response {
+    let (operation, kind) = operation_labels(&mut request, max_query_bytes);
+    let started = std::time::Instant::now();
+    let response = state.schema.execute(request).await;
+    crate::metrics::graphql_request(operation, kind, response.is_ok(), started.elapsed());
+    response
+}
+
+/// The `operation` and `kind` labels of a request, from the document `operations::charge`
+/// already parsed (and cached in the request). `unknown` when no operation can be selected.
+fn operation_labels(
+    request: &mut async_graphql::Request,
+    max_query_bytes: usize,
+) -> (String, &'static str) {
+    if request.query.len() > max_query_bytes {
+        return (crate::metrics::operation_label(None), "unknown");
+    }
+    let operation_name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
+        return (crate::metrics::operation_label(None), "unknown");
+    };
+    let (name, operation) = match (&document.operations, operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => (None, Some(op)),
+        (DocumentOperations::Multiple(ops), Some(name)) => (Some(name), ops.get(name)),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops
+            .iter()
+            .next()
+            .map_or((None, None), |(name, op)| (Some(name.as_str()), Some(op))),
+        _ => (None, None),
+    };
+    let Some(operation) = operation else {
+        return (crate::metrics::operation_label(None), "unknown");
+    };
+    let kind = match operation.node.ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    };
+    (crate::metrics::operation_label(name), kind)
 }
 
 fn respond(headers: &HeaderMap, response: BatchResponse) -> Response {
@@ -469,7 +533,8 @@ async fn websocket(state: AppState, peer: SocketAddr, request: Request<Body>) ->
         app: app.clone(),
         connection: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
     };
-    upgrade.on_upgrade(move |socket| {
+    upgrade.on_upgrade(move |socket| async move {
+        let _connection = crate::metrics::websocket_connection();
         let (sink, stream) = socket.split();
         let sink =
             sink.with(|message| async move { Ok::<_, axum::Error>(forbidden_close_code(message)) });
@@ -477,6 +542,7 @@ async fn websocket(state: AppState, peer: SocketAddr, request: Request<Body>) ->
             .with_data(data)
             .on_connection_init(move |payload| connection_init(app, payload))
             .serve()
+            .await
     })
 }
 

@@ -337,6 +337,7 @@ struct Connection {
 
 /// Serves one `graphql-transport-ws` socket until either side closes it.
 pub async fn serve(socket: WebSocket, schema: AppSchema, app: Arc<App>, client: ClientInfo) {
+    let _connection = crate::metrics::websocket_connection();
     let init_timeout = app.config.server.ws_init_timeout;
     let (sink, mut incoming) = socket.split();
     let (out, outgoing) = mpsc::channel(OUTGOING_BUFFER);
@@ -669,6 +670,7 @@ async fn execute(
     id: String,
     out: mpsc::Sender<Message>,
 ) -> (String, Outcome) {
+    let _active = crate::metrics::subscription();
     if let Some(admit) = admit
         && let Err(err) = admit
             .limiter

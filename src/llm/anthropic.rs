@@ -6,7 +6,7 @@ use eventsource_stream::Event;
 use serde_json::{Value, json};
 
 use crate::llm::stream::{Step, WireError, WireFormat, WireState};
-use crate::llm::{ChatRequest, ChatRole, ErrorKind, FinishReason};
+use crate::llm::{ChatRequest, ChatRole, ErrorKind, FinishReason, system_and_turns};
 
 pub const API_VERSION: &str = "2023-06-01";
 
@@ -15,32 +15,18 @@ pub struct AnthropicWire;
 /// Anthropic takes the system prompt apart, wants user/assistant turns that start with the
 /// user and alternate, and refuses empty text: merge and drop accordingly.
 fn turns(request: &ChatRequest) -> (Option<String>, Vec<Value>) {
-    let mut system = Vec::new();
-    let mut turns: Vec<(&'static str, String)> = Vec::new();
-    for m in &request.messages {
-        let role = match m.role {
-            ChatRole::System => {
-                system.push(m.content.clone());
-                continue;
-            }
-            ChatRole::User => "user",
-            ChatRole::Assistant => "assistant",
-        };
-        if m.content.trim().is_empty() || (turns.is_empty() && role == "assistant") {
-            continue;
-        }
-        match turns.last_mut() {
-            Some((last, text)) if *last == role => {
-                text.push_str("\n\n");
-                text.push_str(&m.content);
-            }
-            _ => turns.push((role, m.content.clone())),
-        }
-    }
-    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    let (system, turns) = system_and_turns(&request.messages);
     let turns = turns
         .into_iter()
-        .map(|(role, text)| json!({ "role": role, "content": text }))
+        .skip_while(|(role, _)| *role == ChatRole::Assistant)
+        .map(|(role, text)| {
+            let role = if role == ChatRole::Assistant {
+                "assistant"
+            } else {
+                "user"
+            };
+            json!({ "role": role, "content": text })
+        })
         .collect();
     (system, turns)
 }

@@ -6,7 +6,7 @@ use eventsource_stream::Event;
 use serde_json::{Value, json};
 
 use crate::llm::stream::{Step, WireError, WireFormat, WireState};
-use crate::llm::{ChatRequest, ChatRole, ErrorKind, FinishReason};
+use crate::llm::{ChatRequest, ChatRole, ErrorKind, FinishReason, system_and_turns};
 
 pub struct GeminiWire;
 
@@ -18,28 +18,7 @@ impl WireFormat for GeminiWire {
         request: &ChatRequest,
         api_key: Option<&str>,
     ) -> reqwest::RequestBuilder {
-        let mut system = Vec::new();
-        let mut contents: Vec<(&'static str, String)> = Vec::new();
-        for m in &request.messages {
-            let role = match m.role {
-                ChatRole::System => {
-                    system.push(m.content.clone());
-                    continue;
-                }
-                ChatRole::User => "user",
-                ChatRole::Assistant => "model",
-            };
-            if m.content.trim().is_empty() {
-                continue;
-            }
-            match contents.last_mut() {
-                Some((last, text)) if *last == role => {
-                    text.push_str("\n\n");
-                    text.push_str(&m.content);
-                }
-                _ => contents.push((role, m.content.clone())),
-            }
-        }
+        let (system, turns) = system_and_turns(&request.messages);
         let mut generation = json!({ "maxOutputTokens": request.max_output_tokens });
         if let Some(t) = request.temperature {
             generation["temperature"] = json!(t);
@@ -48,14 +27,17 @@ impl WireFormat for GeminiWire {
             generation["stopSequences"] = json!(request.stop);
         }
         let mut body = json!({
-            "contents": contents
+            "contents": turns
                 .into_iter()
-                .map(|(role, text)| json!({ "role": role, "parts": [{ "text": text }] }))
+                .map(|(role, text)| {
+                    let role = if role == ChatRole::Assistant { "model" } else { "user" };
+                    json!({ "role": role, "parts": [{ "text": text }] })
+                })
                 .collect::<Vec<_>>(),
             "generationConfig": generation,
         });
-        if !system.is_empty() {
-            body["systemInstruction"] = json!({ "parts": [{ "text": system.join("\n\n") }] });
+        if let Some(system) = system {
+            body["systemInstruction"] = json!({ "parts": [{ "text": system }] });
         }
         client
             .post(format!(

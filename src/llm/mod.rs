@@ -165,6 +165,32 @@ pub trait Provider: Send + Sync {
     fn stream(&self, request: ChatRequest, api_key: Option<String>) -> ChunkStream;
 }
 
+/// The system messages joined, and the other messages as turns with consecutive
+/// same-role messages merged and empty ones dropped: the shape Anthropic and Gemini want
+/// (they take the system prompt apart and expect alternating turns).
+pub fn system_and_turns(messages: &[ChatMessage]) -> (Option<String>, Vec<(ChatRole, String)>) {
+    let mut system = Vec::new();
+    let mut turns: Vec<(ChatRole, String)> = Vec::new();
+    for m in messages {
+        if m.role == ChatRole::System {
+            system.push(m.content.as_str());
+            continue;
+        }
+        if m.content.trim().is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((role, text)) if *role == m.role => {
+                text.push_str("\n\n");
+                text.push_str(&m.content);
+            }
+            _ => turns.push((m.role, m.content.clone())),
+        }
+    }
+    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    (system, turns)
+}
+
 /// A whole stream, gathered (tests, title generation, non-streaming callers).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Collected {

@@ -195,6 +195,7 @@ async fn run<W: WireFormat>(inner: &Inner<W>, request: &ChatRequest, key: Option
         retryable,
     };
     if inner.needs_key && key.is_none_or(str::is_empty) {
+        crate::metrics::provider_error(&inner.name, ErrorKind::MissingKey);
         let _ = tx
             .send(Err(error(ErrorKind::MissingKey, None, false)))
             .await;
@@ -239,6 +240,7 @@ async fn run<W: WireFormat>(inner: &Inner<W>, request: &ChatRequest, key: Option
                     attempt += 1;
                     continue;
                 }
+                crate::metrics::provider_error(&inner.name, kind);
                 if started || state.prompt_tokens.is_some() {
                     let usage = usage(inner.tokenizer, request, &text, &state);
                     if tx.send(Ok(Chunk::Usage(usage))).await.is_err() {
@@ -318,7 +320,8 @@ async fn attempt_once<W: WireFormat>(
         retry_after,
         state,
     };
-    let first_token_deadline = Instant::now() + inner.settings.first_token_timeout;
+    let started = Instant::now();
+    let first_token_deadline = started + inner.settings.first_token_timeout;
     let send = inner
         .wire
         .request(&inner.client, &inner.base_url, request, key)
@@ -416,6 +419,9 @@ async fn attempt_once<W: WireFormat>(
         for t in texts.drain(..) {
             if t.is_empty() {
                 continue;
+            }
+            if text.is_empty() {
+                crate::metrics::provider_first_token(&inner.name, started.elapsed());
             }
             text.push_str(&t);
             if tx.send(Ok(Chunk::Text(t))).await.is_err() {

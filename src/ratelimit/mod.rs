@@ -452,6 +452,7 @@ fn outcome(class: LimitClass, decision: Decision) -> AppResult<()> {
         Decision::Allowed => Ok(()),
         Decision::Refused(wait) => {
             tracing::info!(?class, "rate limited");
+            crate::metrics::rate_limited(class.name());
             Err(AppError::RateLimited {
                 retry_after: wait.max(Duration::from_millis(1)),
             })

@@ -91,6 +91,8 @@ pub trait EventHub: Send + Sync + 'static {
     async fn publish_quota(&self, workspace_id: Uuid);
     /// One item each time the workspace's quota changes.
     async fn subscribe_quota(&self, workspace_id: Uuid) -> BoxStream<'static, ()>;
+    /// The generations whose events are held (running, or ended within the retention).
+    fn held(&self) -> usize;
 }
 
 struct Generation {
@@ -394,6 +396,10 @@ impl EventHub for InProcessHub {
             }
         })
         .boxed()
+    }
+
+    fn held(&self) -> usize {
+        InProcessHub::held(self)
     }
 }
 

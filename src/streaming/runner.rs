@@ -55,6 +55,7 @@ impl Runners {
         self.running.fetch_add(1, Ordering::SeqCst);
         let runners = self.clone();
         tokio::spawn(async move {
+            let _active = crate::metrics::generation();
             let task = {
                 let (app, generation) = (app.clone(), generation.clone());
                 tokio::spawn(async move { run(&app, &generation, stop).await })
@@ -63,6 +64,7 @@ impl Runners {
                 // A panic must not leave the message STREAMING, its quota held or its
                 // subscribers waiting.
                 tracing::error!(message_id = %generation.message_id, error = %err, "generation task died");
+                crate::metrics::generation_ended(&generation.model, "FAILED");
                 abandon(&app, &generation).await;
             }
             if runners.running.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -149,6 +151,7 @@ impl Outcome {
 
 async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReason>) {
     let outcome = generate(app, g, &mut stop).await;
+    crate::metrics::generation_ended(&g.model, outcome.status);
     let cost = match (&outcome.usage, app.providers.model(&g.model)) {
         (Some(u), Some(spec)) => Some(spec.cost_micro_usd(u.prompt_tokens, u.completion_tokens)),
         _ => None,
@@ -352,6 +355,7 @@ async fn generate(
                     content.push_str(&text);
                     dirty = true;
                     app.hub.publish_delta(g.message_id, g.conversation_id, seq, text).await;
+                    crate::metrics::delta_relayed(&g.model);
                 }
                 Some(Ok(Chunk::Usage(u))) => usage = Some(u),
                 Some(Ok(Chunk::Finish(_))) => {}

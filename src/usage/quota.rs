@@ -131,6 +131,7 @@ async fn exceeded(
     let Ok(Some(row)) = row else {
         return AppError::internal(anyhow::anyhow!("workspace {workspace_id} has no quota row"));
     };
+    crate::metrics::quota_rejected();
     let resets_at = period_end(&row.period, period_start(&row.period, Utc::now()));
     AppError::QuotaExceeded {
         message: format!(

@@ -7,6 +7,7 @@ mod conversations;
 mod fake_upstream;
 mod limits;
 mod llm;
+mod metrics;
 mod providers;
 mod quotas;
 mod ratelimit;
