@@ -5,7 +5,7 @@
 use eventsource_stream::Event;
 use serde_json::{Value, json};
 
-use crate::llm::stream::{Step, WireError, WireFormat, WireState};
+use crate::llm::stream::{Step, WireError, WireFormat, WireState, event_json};
 use crate::llm::{ChatRequest, ChatRole, ErrorKind, FinishReason, system_and_turns};
 
 pub const API_VERSION: &str = "2023-06-01";
@@ -69,11 +69,9 @@ impl WireFormat for AnthropicWire {
         state: &mut WireState,
         texts: &mut Vec<String>,
     ) -> Result<Step, WireError> {
-        if event.data.trim().is_empty() {
+        let Some(data) = event_json(event)? else {
             return Ok(Step::Continue);
-        }
-        let data: Value = serde_json::from_str(&event.data)
-            .map_err(|e| WireError::protocol(format!("not JSON: {e}")))?;
+        };
         let kind = if event.event.is_empty() || event.event == "message" {
             data.get("type").and_then(Value::as_str).unwrap_or_default()
         } else {

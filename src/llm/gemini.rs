@@ -5,7 +5,7 @@
 use eventsource_stream::Event;
 use serde_json::{Value, json};
 
-use crate::llm::stream::{Step, WireError, WireFormat, WireState};
+use crate::llm::stream::{Step, WireError, WireFormat, WireState, event_json};
 use crate::llm::{ChatRequest, ChatRole, ErrorKind, FinishReason, system_and_turns};
 
 pub struct GeminiWire;
@@ -55,11 +55,9 @@ impl WireFormat for GeminiWire {
         state: &mut WireState,
         texts: &mut Vec<String>,
     ) -> Result<Step, WireError> {
-        if event.data.trim().is_empty() {
+        let Some(data) = event_json(event)? else {
             return Ok(Step::Continue);
-        }
-        let data: Value = serde_json::from_str(&event.data)
-            .map_err(|e| WireError::protocol(format!("not JSON: {e}")))?;
+        };
         if let Some(error) = data.get("error") {
             let status = error
                 .get("status")

@@ -9,7 +9,7 @@
 use eventsource_stream::Event;
 use serde_json::{Value, json};
 
-use crate::llm::stream::{Step, WireError, WireFormat, WireState};
+use crate::llm::stream::{Step, WireError, WireFormat, WireState, event_json};
 use crate::llm::{ChatRequest, ChatRole, ErrorKind, FinishReason};
 
 pub struct OpenAiWire;
@@ -73,15 +73,12 @@ impl WireFormat for OpenAiWire {
         state: &mut WireState,
         texts: &mut Vec<String>,
     ) -> Result<Step, WireError> {
-        let data = event.data.trim();
-        if data == "[DONE]" {
+        if event.data.trim() == "[DONE]" {
             return Ok(Step::Done);
         }
-        if data.is_empty() {
+        let Some(chunk) = event_json(event)? else {
             return Ok(Step::Continue);
-        }
-        let chunk: Value = serde_json::from_str(data)
-            .map_err(|e| WireError::protocol(format!("not JSON: {e}")))?;
+        };
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             let code = error
                 .get("code")

@@ -76,6 +76,17 @@ impl WireError {
     }
 }
 
+/// An event's data as JSON; None for an empty data line (keep-alives).
+pub fn event_json(event: &Event) -> Result<Option<serde_json::Value>, WireError> {
+    let data = event.data.trim();
+    if data.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(data)
+        .map(Some)
+        .map_err(|e| WireError::protocol(format!("not JSON: {e}")))
+}
+
 pub enum Step {
     Continue,
     /// The stream is complete (an explicit end marker).

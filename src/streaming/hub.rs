@@ -139,11 +139,6 @@ impl InProcessHub {
         }
     }
 
-    /// Generations currently held (for tests and metrics).
-    pub fn held(&self) -> usize {
-        lock(&self.inner.generations).len()
-    }
-
     fn sweep(&self) {
         let now = Instant::now();
         {
@@ -399,7 +394,7 @@ impl EventHub for InProcessHub {
     }
 
     fn held(&self) -> usize {
-        InProcessHub::held(self)
+        lock(&self.inner.generations).len()
     }
 }
 
