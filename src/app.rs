@@ -29,6 +29,7 @@ use crate::mail::Mailer;
 use crate::ratelimit::Limiter;
 use crate::streaming::admission::{Admission, QuotaAdmission};
 use crate::streaming::hub::{EventHub, InProcessHub};
+use crate::streaming::redis_hub::RedisHub;
 use crate::streaming::runner::Runners;
 
 /// How long a readiness probe waits for each dependency.
@@ -128,10 +129,17 @@ impl App {
     pub fn build(config: Config) -> anyhow::Result<App> {
         crate::metrics::install();
         let db = db::pool(&config.database)?;
-        let hub: Arc<dyn EventHub> = Arc::new(InProcessHub::new(
-            config.chat.hub_retention,
-            config.chat.hub_replay_max_events,
-        ));
+        let hub: Arc<dyn EventHub> = match config.redis.url.as_deref() {
+            Some(url) => Arc::new(RedisHub::new(
+                url,
+                config.chat.hub_retention,
+                config.chat.hub_replay_max_events,
+            )?),
+            None => Arc::new(InProcessHub::new(
+                config.chat.hub_retention,
+                config.chat.hub_replay_max_events,
+            )),
+        };
         Ok(App {
             admission: Arc::new(QuotaAdmission {
                 db: db.clone(),

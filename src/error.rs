@@ -33,6 +33,9 @@ pub enum AppError {
     },
     Conflict(String),
     Provider(String),
+    /// A live stream was cut by an internal outage (the event hub lost Redis): code
+    /// INTERNAL with `extensions.retryable`, and a message that says how to carry on.
+    Interrupted(String),
     /// Anything the client cannot act on. The cause is logged; the client sees a fixed text.
     Internal(anyhow::Error),
 }
@@ -48,7 +51,7 @@ impl AppError {
             AppError::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             AppError::Conflict(_) => "CONFLICT",
             AppError::Provider(_) => "PROVIDER_ERROR",
-            AppError::Internal(_) => "INTERNAL",
+            AppError::Interrupted(_) | AppError::Internal(_) => "INTERNAL",
         }
     }
 
@@ -59,7 +62,8 @@ impl AppError {
             | AppError::Forbidden(m)
             | AppError::NotFound(m)
             | AppError::Conflict(m)
-            | AppError::Provider(m) => m.clone(),
+            | AppError::Provider(m)
+            | AppError::Interrupted(m) => m.clone(),
             AppError::BadUserInput { message, .. } | AppError::QuotaExceeded { message, .. } => {
                 message.clone()
             }
@@ -118,6 +122,9 @@ impl From<AppError> for async_graphql::Error {
             } => {
                 let field = field.clone();
                 error = error.extend_with(|_, e| e.set("field", field));
+            }
+            AppError::Interrupted(_) => {
+                error = error.extend_with(|_, e| e.set("retryable", true));
             }
             _ => {}
         }

@@ -114,6 +114,7 @@ pub fn app_error_response(err: AppError) -> Response {
         AppError::Conflict(_) => (StatusCode::CONFLICT, None),
         AppError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, None),
         AppError::Provider(_) => (StatusCode::BAD_GATEWAY, None),
+        AppError::Interrupted(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
         AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
     let body = serde_json::json!({ "errors": [app_server_error(err)] });

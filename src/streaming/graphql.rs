@@ -222,6 +222,11 @@ async fn message_events(
                         "the deltas after afterSeq are no longer kept; read the message and subscribe again",
                     )
                     .into())),
+                    GenerationEvent::Interrupted => Some(Err(AppError::Interrupted(
+                        "the live stream was interrupted; read the message and subscribe again with afterSeq: contentSeq"
+                            .to_owned(),
+                    )
+                    .into())),
                 }
             })
             .take_while(|event| std::future::ready(event.is_some()))
@@ -323,7 +328,14 @@ impl StreamingSubscription {
                         let app = app.clone();
                         async move { load_message(&app, id).await.ok().flatten().map(MessageNode) }
                     };
-                    match event {
+                    let event = match event {
+                        HubEvent::Interrupted => {
+                            return Some(Err(AppError::Interrupted(
+                                "conversation events were interrupted; read the conversation and subscribe again"
+                                    .to_owned(),
+                            )
+                            .into()));
+                        }
                         HubEvent::MessageCreated { message_id } => {
                             message(message_id).await.map(|m| {
                                 ConversationEvent::MessageCreated(MessageCreated { message: m })
@@ -357,11 +369,19 @@ impl StreamingSubscription {
                                     })
                                 })
                         }
-                    }
+                    };
+                    event.map(Ok)
                 }
             })
             .filter_map(std::future::ready)
-            .map(Ok)
+            // An error ends the subscription.
+            .scan(false, |ended, event| {
+                if *ended {
+                    return std::future::ready(None);
+                }
+                *ended = event.is_err();
+                std::future::ready(Some(event))
+            })
             .boxed();
         Ok(guarded(
             events,

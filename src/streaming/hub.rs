@@ -1,12 +1,14 @@
 //! The event hub: how generation deltas, conversation events and stop requests travel from
 //! the generation runner to subscribers and back. Nothing outside the hub assumes one
-//! process: `InProcessHub` is the single-process implementation (a Redis one can replace it
-//! behind the same trait).
+//! process: `InProcessHub` serves a single process, and `RedisHub` (streaming/redis_hub.rs)
+//! wraps it to carry the same events between processes.
 //!
 //! Per generation the in-process hub keeps a bounded replay buffer and a broadcast channel,
 //! updated under one lock, so `subscribe_generation(after_seq)` replays every later delta once
 //! and then follows live ones with no gap and no duplicate. Finished generations are dropped
-//! `retention` after their end.
+//! `retention` after their end. The same structure holds *replicas*: copies of generations
+//! running in another process, filled from Redis, which local subscribers follow exactly as
+//! they follow a local generation.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +31,9 @@ pub enum GenerationEvent {
     Finished,
     /// The subscriber fell further behind than the replay buffer reaches.
     Lost,
+    /// The hub lost the generation's source (Redis went away): the subscriber reads the
+    /// message from Postgres and subscribes again.
+    Interrupted,
 }
 
 /// What a conversation's subscribers receive. Rows are read from Postgres by the resolver.
@@ -46,6 +51,9 @@ pub enum ConversationEvent {
         message_id: Uuid,
     },
     ConversationUpdated,
+    /// Events from other processes stopped arriving (Redis went away): the subscriber
+    /// re-reads the conversation and subscribes again.
+    Interrupted,
 }
 
 /// Why a running generation must stop.
@@ -69,10 +77,11 @@ pub trait EventHub: Send + Sync + 'static {
     /// Publishes delta `seq` (1, 2, 3, … from the single runner) to the generation's and the
     /// conversation's subscribers.
     async fn publish_delta(&self, message_id: Uuid, conversation_id: Uuid, seq: u32, text: String);
-    /// Marks the generation finished (after its final state was written).
+    /// Marks the generation finished (after its final state was written). Any process may
+    /// call it: the runner, or whoever ended a generation whose runner died.
     async fn finish_generation(&self, message_id: Uuid, conversation_id: Uuid);
     /// Replays deltas after `after_seq`, then follows live ones until `Finished`. None when
-    /// the hub knows nothing of the generation (never started here, or long finished).
+    /// the hub knows nothing of the generation (never started, or long finished).
     async fn subscribe_generation(
         &self,
         message_id: Uuid,
@@ -83,7 +92,8 @@ pub trait EventHub: Send + Sync + 'static {
         &self,
         conversation_id: Uuid,
     ) -> BoxStream<'static, ConversationEvent>;
-    /// Asks whoever runs the generation to stop it. True when a running generation was found.
+    /// Asks whoever runs the generation to stop it. True when it runs in this process (and
+    /// was told); otherwise the request goes to the other processes, if any.
     async fn stop(&self, message_id: Uuid, reason: StopReason) -> bool;
     /// Stops every running generation of this process (shutdown).
     async fn stop_all(&self, reason: StopReason);
@@ -100,7 +110,19 @@ struct Generation {
     buffer: VecDeque<(u32, String)>,
     finished_at: Option<Instant>,
     live: broadcast::Sender<GenerationEvent>,
-    stop: watch::Sender<StopReason>,
+    /// Tells the local runner to stop; None for a replica (its runner is elsewhere).
+    stop: Option<watch::Sender<StopReason>>,
+}
+
+impl Generation {
+    fn new(stop: Option<watch::Sender<StopReason>>) -> Self {
+        Generation {
+            buffer: VecDeque::new(),
+            finished_at: None,
+            live: broadcast::channel(LIVE_CAPACITY).0,
+            stop,
+        }
+    }
 }
 
 struct Inner {
@@ -123,6 +145,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep serving.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a local generation holds after a given delta (for the Redis mirror).
+pub struct Pending {
+    /// Deltas after the one asked for, oldest first, at most the number asked for.
+    pub deltas: Vec<(u32, String)>,
+    /// The generation has ended (and `deltas` may still hold its last deltas).
+    pub finished: bool,
 }
 
 impl InProcessHub {
@@ -157,10 +187,216 @@ impl InProcessHub {
         lock(&self.inner.quotas).retain(|_, tx| tx.receiver_count() > 0);
     }
 
-    fn publish_to_conversation(&self, conversation_id: Uuid, event: ConversationEvent) {
+    /// Opens a generation run by this process.
+    pub fn open(&self, message_id: Uuid) -> watch::Receiver<StopReason> {
+        self.sweep();
+        let (stop, stop_rx) = watch::channel(StopReason::Running);
+        lock(&self.inner.generations).insert(message_id, Generation::new(Some(stop)));
+        stop_rx
+    }
+
+    /// Adds delta `seq` to a generation (local or replica) and hands it to its followers.
+    /// Deltas at or below the newest held one are ignored.
+    pub fn append(&self, message_id: Uuid, seq: u32, text: String) {
+        let mut generations = lock(&self.inner.generations);
+        let Some(generation) = generations.get_mut(&message_id) else {
+            return;
+        };
+        if generation.finished_at.is_some()
+            || generation
+                .buffer
+                .back()
+                .is_some_and(|(last, _)| *last >= seq)
+        {
+            return;
+        }
+        generation.buffer.push_back((seq, text.clone()));
+        while generation.buffer.len() > self.inner.max_buffer {
+            generation.buffer.pop_front();
+        }
+        let _ = generation.live.send(GenerationEvent::Delta { seq, text });
+    }
+
+    /// Marks a generation (local or replica) ended.
+    pub fn end(&self, message_id: Uuid) {
+        let mut generations = lock(&self.inner.generations);
+        if let Some(generation) = generations.get_mut(&message_id)
+            && generation.finished_at.is_none()
+        {
+            generation.finished_at = Some(Instant::now());
+            let _ = generation.live.send(GenerationEvent::Finished);
+        }
+    }
+
+    /// Hands a conversation event to this process's subscribers.
+    pub fn deliver(&self, conversation_id: Uuid, event: ConversationEvent) {
         if let Some(tx) = lock(&self.inner.conversations).get(&conversation_id) {
             let _ = tx.send(event);
         }
+    }
+
+    /// Hands a quota change to this process's subscribers.
+    pub fn deliver_quota(&self, workspace_id: Uuid) {
+        if let Some(tx) = lock(&self.inner.quotas).get(&workspace_id) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Tells every quota subscriber to re-read (after a gap in the events from elsewhere).
+    pub fn deliver_all_quotas(&self) {
+        for tx in lock(&self.inner.quotas).values() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Stops a generation run by this process. False when it is not running here.
+    pub fn stop_local(&self, message_id: Uuid, reason: StopReason) -> bool {
+        let generations = lock(&self.inner.generations);
+        match generations.get(&message_id) {
+            Some(Generation {
+                stop: Some(stop),
+                finished_at: None,
+                ..
+            }) => {
+                let _ = stop.send(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the hub holds the generation (run here, or a replica).
+    pub fn holds(&self, message_id: Uuid) -> bool {
+        lock(&self.inner.generations).contains_key(&message_id)
+    }
+
+    /// Up to `max` deltas after `after_seq` of a generation run here; None when it is not
+    /// (or no longer) held.
+    pub fn pending(&self, message_id: Uuid, after_seq: u32, max: usize) -> Option<Pending> {
+        let generations = lock(&self.inner.generations);
+        let generation = generations.get(&message_id)?;
+        let deltas: Vec<(u32, String)> = generation
+            .buffer
+            .iter()
+            .filter(|(seq, _)| *seq > after_seq)
+            .take(max)
+            .cloned()
+            .collect();
+        Some(Pending {
+            finished: generation.finished_at.is_some(),
+            deltas,
+        })
+    }
+
+    /// Follows a generation running elsewhere through a local replica, created empty when
+    /// missing (the caller fills it). Creation and subscription happen under one lock, so
+    /// a replica is never dropped between them.
+    pub fn follow_replica(
+        &self,
+        message_id: Uuid,
+        after_seq: u32,
+    ) -> BoxStream<'static, GenerationEvent> {
+        self.sweep();
+        let (pending, live) = {
+            let mut generations = lock(&self.inner.generations);
+            let generation = generations
+                .entry(message_id)
+                .or_insert_with(|| Generation::new(None));
+            snapshot_of(generation, after_seq)
+        };
+        self.follow(message_id, after_seq, pending, live)
+    }
+
+    /// The replicas still being filled. Unfinished replicas nobody follows any more are
+    /// dropped here.
+    pub fn replicas_in_use(&self) -> Vec<Uuid> {
+        let mut generations = lock(&self.inner.generations);
+        generations.retain(|_, g| {
+            g.stop.is_some() || g.finished_at.is_some() || g.live.receiver_count() > 0
+        });
+        generations
+            .iter()
+            .filter(|(_, g)| g.stop.is_none() && g.finished_at.is_none())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Ends the unfinished replicas with `Interrupted` and forgets them, so the next
+    /// subscriber starts afresh.
+    pub fn interrupt_replicas(&self) {
+        lock(&self.inner.generations).retain(|_, g| {
+            let interrupted = g.stop.is_none() && g.finished_at.is_none();
+            if interrupted {
+                let _ = g.live.send(GenerationEvent::Interrupted);
+            }
+            !interrupted
+        });
+    }
+
+    /// Subscribes to a conversation's events here; true when this is its first subscriber
+    /// in this process.
+    pub fn subscribe_local(
+        &self,
+        conversation_id: Uuid,
+    ) -> (BoxStream<'static, ConversationEvent>, bool) {
+        self.sweep();
+        let (rx, first) = {
+            let mut conversations = lock(&self.inner.conversations);
+            let first = conversations
+                .get(&conversation_id)
+                .is_none_or(|tx| tx.receiver_count() == 0);
+            let rx = conversations
+                .entry(conversation_id)
+                .or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0)
+                .subscribe();
+            (rx, first)
+        };
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((event, rx)),
+                    // Conversation events are a live feed; a lagging subscriber skips ahead.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "conversation subscriber lagged");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed();
+        (stream, first)
+    }
+
+    /// The conversations with subscribers in this process (others are forgotten).
+    pub fn conversations_in_use(&self) -> Vec<Uuid> {
+        let mut conversations = lock(&self.inner.conversations);
+        conversations.retain(|_, tx| tx.receiver_count() > 0);
+        conversations.keys().copied().collect()
+    }
+
+    /// Ends every conversation subscription of this process with `Interrupted`.
+    pub fn interrupt_conversations(&self) {
+        for (_, tx) in lock(&self.inner.conversations).drain() {
+            let _ = tx.send(ConversationEvent::Interrupted);
+        }
+    }
+
+    fn follow(
+        &self,
+        message_id: Uuid,
+        after_seq: u32,
+        pending: VecDeque<GenerationEvent>,
+        live: Option<broadcast::Receiver<GenerationEvent>>,
+    ) -> BoxStream<'static, GenerationEvent> {
+        let follow = Follow {
+            inner: self.inner.clone(),
+            message_id,
+            last_seq: after_seq,
+            pending,
+            live,
+            done: false,
+        };
+        futures_util::stream::unfold(follow, Follow::next).boxed()
     }
 }
 
@@ -174,40 +410,41 @@ struct Follow {
     done: bool,
 }
 
+type Snapshot = (
+    VecDeque<GenerationEvent>,
+    Option<broadcast::Receiver<GenerationEvent>>,
+);
+
+/// Events after `after_seq` from the buffer, and a live receiver positioned right after them
+/// (the caller holds the lock, so nothing falls between).
+fn snapshot_of(generation: &Generation, after_seq: u32) -> Snapshot {
+    let mut events: VecDeque<GenerationEvent> = VecDeque::new();
+    let oldest = generation.buffer.front().map(|(seq, _)| *seq);
+    if oldest.is_some_and(|oldest| oldest > after_seq + 1) {
+        events.push_back(GenerationEvent::Lost);
+        return (events, None);
+    }
+    events.extend(
+        generation
+            .buffer
+            .iter()
+            .filter(|(seq, _)| *seq > after_seq)
+            .map(|(seq, text)| GenerationEvent::Delta {
+                seq: *seq,
+                text: text.clone(),
+            }),
+    );
+    if generation.finished_at.is_some() {
+        events.push_back(GenerationEvent::Finished);
+        return (events, None);
+    }
+    (events, Some(generation.live.subscribe()))
+}
+
 impl Inner {
-    /// Events after `after_seq` from the buffer, and a live receiver positioned right after
-    /// them (both taken under the lock, so nothing falls between).
-    fn snapshot(
-        &self,
-        message_id: Uuid,
-        after_seq: u32,
-    ) -> Option<(
-        VecDeque<GenerationEvent>,
-        Option<broadcast::Receiver<GenerationEvent>>,
-    )> {
+    fn snapshot(&self, message_id: Uuid, after_seq: u32) -> Option<Snapshot> {
         let generations = lock(&self.generations);
-        let generation = generations.get(&message_id)?;
-        let mut events: VecDeque<GenerationEvent> = VecDeque::new();
-        let oldest = generation.buffer.front().map(|(seq, _)| *seq);
-        if oldest.is_some_and(|oldest| oldest > after_seq + 1) {
-            events.push_back(GenerationEvent::Lost);
-            return Some((events, None));
-        }
-        events.extend(
-            generation
-                .buffer
-                .iter()
-                .filter(|(seq, _)| *seq > after_seq)
-                .map(|(seq, text)| GenerationEvent::Delta {
-                    seq: *seq,
-                    text: text.clone(),
-                }),
-        );
-        if generation.finished_at.is_some() {
-            events.push_back(GenerationEvent::Finished);
-            return Some((events, None));
-        }
-        Some((events, Some(generation.live.subscribe())))
+        Some(snapshot_of(generations.get(&message_id)?, after_seq))
     }
 }
 
@@ -217,8 +454,16 @@ impl Follow {
             if let Some(event) = self.pending.pop_front() {
                 match &event {
                     GenerationEvent::Delta { seq, .. } if *seq <= self.last_seq => continue,
+                    // A hole (a replica that started after trimmed deltas): never skip text.
+                    GenerationEvent::Delta { seq, .. } if *seq > self.last_seq + 1 => {
+                        self.done = true;
+                        self.pending.clear();
+                        return Some((GenerationEvent::Lost, self));
+                    }
                     GenerationEvent::Delta { seq, .. } => self.last_seq = *seq,
-                    GenerationEvent::Finished | GenerationEvent::Lost => {
+                    GenerationEvent::Finished
+                    | GenerationEvent::Lost
+                    | GenerationEvent::Interrupted => {
                         self.done = true;
                         self.pending.clear();
                     }
@@ -233,13 +478,17 @@ impl Follow {
                 Ok(event) => self.pending.push_back(event),
                 Err(broadcast::error::RecvError::Lagged(_))
                 | Err(broadcast::error::RecvError::Closed) => {
-                    // Re-sync from the buffer; a vanished generation has ended.
+                    // Re-sync from the buffer. A generation that vanished before its end
+                    // (an interrupted replica) is reported, never silently ended.
                     match self.inner.snapshot(self.message_id, self.last_seq) {
                         Some((events, live)) => {
                             self.pending = events;
                             self.live = live;
                         }
-                        None => return None,
+                        None => {
+                            self.pending.push_back(GenerationEvent::Interrupted);
+                            self.live = None;
+                        }
                     }
                 }
             }
@@ -254,36 +503,12 @@ impl EventHub for InProcessHub {
         message_id: Uuid,
         _conversation_id: Uuid,
     ) -> watch::Receiver<StopReason> {
-        self.sweep();
-        let (stop, stop_rx) = watch::channel(StopReason::Running);
-        let (live, _) = broadcast::channel(LIVE_CAPACITY);
-        lock(&self.inner.generations).insert(
-            message_id,
-            Generation {
-                buffer: VecDeque::new(),
-                finished_at: None,
-                live,
-                stop,
-            },
-        );
-        stop_rx
+        self.open(message_id)
     }
 
     async fn publish_delta(&self, message_id: Uuid, conversation_id: Uuid, seq: u32, text: String) {
-        {
-            let mut generations = lock(&self.inner.generations);
-            if let Some(generation) = generations.get_mut(&message_id) {
-                generation.buffer.push_back((seq, text.clone()));
-                while generation.buffer.len() > self.inner.max_buffer {
-                    generation.buffer.pop_front();
-                }
-                let _ = generation.live.send(GenerationEvent::Delta {
-                    seq,
-                    text: text.clone(),
-                });
-            }
-        }
-        self.publish_to_conversation(
+        self.append(message_id, seq, text.clone());
+        self.deliver(
             conversation_id,
             ConversationEvent::Delta {
                 message_id,
@@ -294,14 +519,8 @@ impl EventHub for InProcessHub {
     }
 
     async fn finish_generation(&self, message_id: Uuid, conversation_id: Uuid) {
-        {
-            let mut generations = lock(&self.inner.generations);
-            if let Some(generation) = generations.get_mut(&message_id) {
-                generation.finished_at = Some(Instant::now());
-                let _ = generation.live.send(GenerationEvent::Finished);
-            }
-        }
-        self.publish_to_conversation(
+        self.end(message_id);
+        self.deliver(
             conversation_id,
             ConversationEvent::MessageFinished { message_id },
         );
@@ -313,68 +532,34 @@ impl EventHub for InProcessHub {
         after_seq: u32,
     ) -> Option<BoxStream<'static, GenerationEvent>> {
         let (pending, live) = self.inner.snapshot(message_id, after_seq)?;
-        let follow = Follow {
-            inner: self.inner.clone(),
-            message_id,
-            last_seq: after_seq,
-            pending,
-            live,
-            done: false,
-        };
-        Some(futures_util::stream::unfold(follow, Follow::next).boxed())
+        Some(self.follow(message_id, after_seq, pending, live))
     }
 
     async fn publish_conversation(&self, conversation_id: Uuid, event: ConversationEvent) {
-        self.publish_to_conversation(conversation_id, event);
+        self.deliver(conversation_id, event);
     }
 
     async fn subscribe_conversation(
         &self,
         conversation_id: Uuid,
     ) -> BoxStream<'static, ConversationEvent> {
-        self.sweep();
-        let rx = lock(&self.inner.conversations)
-            .entry(conversation_id)
-            .or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0)
-            .subscribe();
-        futures_util::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(event) => return Some((event, rx)),
-                    // Conversation events are a live feed; a lagging subscriber skips ahead.
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(skipped = n, "conversation subscriber lagged");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .boxed()
+        self.subscribe_local(conversation_id).0
     }
 
     async fn stop(&self, message_id: Uuid, reason: StopReason) -> bool {
-        let generations = lock(&self.inner.generations);
-        match generations.get(&message_id) {
-            Some(generation) if generation.finished_at.is_none() => {
-                let _ = generation.stop.send(reason);
-                true
-            }
-            _ => false,
-        }
+        self.stop_local(message_id, reason)
     }
 
     async fn stop_all(&self, reason: StopReason) {
         for generation in lock(&self.inner.generations).values() {
-            if generation.finished_at.is_none() {
-                let _ = generation.stop.send(reason);
+            if let (Some(stop), None) = (&generation.stop, generation.finished_at) {
+                let _ = stop.send(reason);
             }
         }
     }
 
     async fn publish_quota(&self, workspace_id: Uuid) {
-        if let Some(tx) = lock(&self.inner.quotas).get(&workspace_id) {
-            let _ = tx.send(());
-        }
+        self.deliver_quota(workspace_id);
     }
 
     async fn subscribe_quota(&self, workspace_id: Uuid) -> BoxStream<'static, ()> {

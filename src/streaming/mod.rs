@@ -4,6 +4,7 @@
 //! - `service`: sendMessage, regenerateMessage, editMessage, stopGeneration
 //! - `runner`: one task per generation (context, provider stream, deltas, flushes, end)
 //! - `hub`: the `EventHub` trait and its in-process implementation
+//! - `redis_hub`: the hub across processes (Redis Streams and pub/sub)
 //! - `admission`: the rate-limit and quota interface of the send path
 //! - `jobs`: durable background jobs (conversation titles)
 //! - `guard`: long-lived streams re-check access while they run
@@ -14,5 +15,6 @@ pub mod graphql;
 pub mod guard;
 pub mod hub;
 pub mod jobs;
+pub mod redis_hub;
 pub mod runner;
 pub mod service;
