@@ -172,6 +172,8 @@ struct Shared {
     tasks: OnceLock<()>,
     /// Whether the last Redis operation worked (logs once per outage).
     healthy: AtomicBool,
+    /// Whether the stop and quota channels are subscribed right now.
+    listening: watch::Sender<bool>,
 }
 
 pub struct RedisHub {
@@ -320,6 +322,7 @@ impl RedisHub {
                 control_rx: Mutex::new(Some(control_rx)),
                 tasks: OnceLock::new(),
                 healthy: AtomicBool::new(true),
+                listening: watch::channel(false).0,
             }),
         })
     }
@@ -551,6 +554,7 @@ async fn pubsub(
                 local.deliver_all_quotas();
             }
             was_connected = true;
+            shared.listening.send_replace(true);
             let mut subscribed: HashSet<Uuid> = wanted.into_iter().collect();
             let mut tidy = tokio::time::interval(Duration::from_secs(10));
             loop {
@@ -593,6 +597,7 @@ async fn pubsub(
             metrics::counter!("colloquy_hub_redis_errors_total", "operation" => "subscription")
                 .increment(1);
             shared.healthy.store(false, Ordering::Relaxed);
+            shared.listening.send_replace(false);
             // Events from other processes were missed: those subscribers start again.
             local.interrupt_conversations();
         }
@@ -650,6 +655,11 @@ impl EventHub for RedisHub {
         conversation_id: Uuid,
     ) -> watch::Receiver<StopReason> {
         self.ensure_tasks();
+        if self.shared.healthy.load(Ordering::Relaxed) {
+            // A process's first generation waits until stop requests reach it.
+            let mut listening = self.shared.listening.subscribe();
+            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, listening.wait_for(|on| *on)).await;
+        }
         let stop = self.local.open(message_id);
         let notify = Arc::new(Notify::new());
         lock(&self.shared.mirrors).insert(message_id, notify.clone());
@@ -828,5 +838,148 @@ impl EventHub for RedisHub {
 
     fn held(&self) -> usize {
         self.local.held()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis_url() -> String {
+        std::env::var("COLLOQUY_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    }
+
+    fn hub() -> RedisHub {
+        RedisHub::new(&redis_url(), Duration::from_secs(60), 10_000).expect("hub")
+    }
+
+    fn deltas(events: &[GenerationEvent]) -> Vec<u32> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                GenerationEvent::Delta { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), future)
+            .await
+            .expect("in time")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_process_replays_then_follows_without_gap_or_duplicate() {
+        let (a, b) = (hub(), hub());
+        let (m, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let _stop = a.open_generation(m, c).await;
+        for seq in 1..=50 {
+            a.publish_delta(m, c, seq, format!("t{seq} ")).await;
+        }
+        let late = within(b.subscribe_generation(m, 10)).await.expect("found");
+        let early = within(b.subscribe_generation(m, 0)).await.expect("found");
+        let writer = tokio::spawn(async move {
+            for seq in 51..=600 {
+                a.publish_delta(m, c, seq, format!("t{seq} ")).await;
+                if seq % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            a.finish_generation(m, c).await;
+            a
+        });
+        let late: Vec<_> = within(late.collect()).await;
+        let early: Vec<_> = within(early.collect()).await;
+        let _a = writer.await.expect("writer");
+        assert_eq!(deltas(&late), (11..=600).collect::<Vec<_>>());
+        assert_eq!(deltas(&early), (1..=600).collect::<Vec<_>>());
+        assert_eq!(late.last(), Some(&GenerationEvent::Finished));
+        // A third process joining after the end gets the rest and the end.
+        let c3 = hub();
+        let tail: Vec<_> = within(async {
+            c3.subscribe_generation(m, 598)
+                .await
+                .expect("kept")
+                .collect()
+                .await
+        })
+        .await;
+        assert_eq!(deltas(&tail), vec![599, 600]);
+        assert_eq!(tail.last(), Some(&GenerationEvent::Finished));
+        // Unknown generations are left to Postgres.
+        assert!(b.subscribe_generation(Uuid::new_v4(), 0).await.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stops_conversation_events_and_quota_changes_cross_processes() {
+        let (a, b) = (hub(), hub());
+        let (m, c, w) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut feed = within(b.subscribe_conversation(c)).await;
+        // Confirmed after the quota channel was subscribed.
+        let mut quota = within(b.subscribe_quota(w)).await;
+        let mut stop = a.open_generation(m, c).await;
+        a.publish_conversation(c, ConversationEvent::MessageCreated { message_id: m })
+            .await;
+        a.publish_delta(m, c, 1, "hello".into()).await;
+        a.publish_quota(w).await;
+        assert_eq!(
+            within(feed.next()).await,
+            Some(ConversationEvent::MessageCreated { message_id: m })
+        );
+        assert_eq!(
+            within(feed.next()).await,
+            Some(ConversationEvent::Delta {
+                message_id: m,
+                seq: 1,
+                text: "hello".into()
+            })
+        );
+        assert_eq!(within(quota.next()).await, Some(()));
+        // A stop sent to B reaches the runner on A.
+        assert!(!b.stop(m, StopReason::Cancelled).await, "not running on B");
+        within(stop.changed()).await.expect("signal");
+        assert_eq!(*stop.borrow(), StopReason::Cancelled);
+        a.finish_generation(m, c).await;
+        assert_eq!(
+            within(feed.next()).await,
+            Some(ConversationEvent::MessageFinished { message_id: m })
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_survivor_ends_a_generation_whose_runner_died() {
+        let (a, b, survivor) = (hub(), hub(), hub());
+        let (m, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let _stop = a.open_generation(m, c).await;
+        a.publish_delta(m, c, 1, "partial".into()).await;
+        let follower = within(b.subscribe_generation(m, 0)).await.expect("found");
+        drop(a); // The runner's process is gone; its mirror task goes quiet.
+        survivor.finish_generation(m, c).await;
+        let events: Vec<_> = within(follower.collect()).await;
+        assert_eq!(deltas(&events), vec![1]);
+        assert_eq!(events.last(), Some(&GenerationEvent::Finished));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_redis_local_subscribers_still_stream() {
+        let hub = RedisHub::new("redis://127.0.0.1:1", Duration::from_secs(60), 100).expect("hub");
+        let (m, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let started = Instant::now();
+        let _stop = hub.open_generation(m, c).await;
+        let follower = hub.subscribe_generation(m, 0).await.expect("local");
+        for seq in 1..=5 {
+            hub.publish_delta(m, c, seq, "x".into()).await;
+        }
+        hub.finish_generation(m, c).await;
+        let events: Vec<_> = within(follower.collect()).await;
+        assert_eq!(deltas(&events), vec![1, 2, 3, 4, 5]);
+        assert!(hub.subscribe_generation(Uuid::new_v4(), 0).await.is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "an unreachable Redis must not stall the hub: {:?}",
+            started.elapsed()
+        );
     }
 }
