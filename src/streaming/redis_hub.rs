@@ -153,6 +153,14 @@ enum Control {
     Conversation(Uuid, oneshot::Sender<()>),
 }
 
+/// A local generation's mirror task, as the hub sees it.
+struct Mirror {
+    /// Wakes the task when there is something to copy.
+    wake: Notify,
+    /// Set when the task has stored the end (or given up).
+    done: watch::Sender<bool>,
+}
+
 struct Shared {
     client: redis::Client,
     /// Commands (writes, publishes, small reads); reconnects by itself.
@@ -164,7 +172,7 @@ struct Shared {
     max_events: usize,
     append: redis::Script,
     /// The mirror of each generation run here, woken when it has something to copy.
-    mirrors: Mutex<HashMap<Uuid, Arc<Notify>>>,
+    mirrors: Mutex<HashMap<Uuid, Arc<Mirror>>>,
     /// Wakes the reader when a replica is added.
     reader_wake: Notify,
     control: mpsc::UnboundedSender<Control>,
@@ -337,14 +345,10 @@ impl RedisHub {
         });
     }
 
-    fn wake_mirror(&self, message_id: Uuid) -> bool {
-        match lock(&self.shared.mirrors).get(&message_id) {
-            Some(notify) => {
-                notify.notify_one();
-                true
-            }
-            None => false,
-        }
+    fn wake_mirror(&self, message_id: Uuid) -> Option<Arc<Mirror>> {
+        let mirror = lock(&self.shared.mirrors).get(&message_id).cloned()?;
+        mirror.wake.notify_one();
+        Some(mirror)
     }
 }
 
@@ -355,7 +359,7 @@ async fn mirror(
     local: Arc<InProcessHub>,
     message_id: Uuid,
     conversation_id: Uuid,
-    notify: Arc<Notify>,
+    handle: Arc<Mirror>,
     opened: oneshot::Sender<()>,
 ) {
     let mut opened = Some(opened);
@@ -369,7 +373,7 @@ async fn mirror(
         }
         let finished = pending.finished && pending.deltas.len() < BATCH;
         if pending.deltas.is_empty() && !finished && opened.is_none() {
-            notify.notified().await;
+            handle.wake.notified().await;
             continue;
         }
         let result = shared
@@ -402,6 +406,7 @@ async fn mirror(
         }
     }
     lock(&shared.mirrors).remove(&message_id);
+    handle.done.send_replace(true);
 }
 
 /// What a stream entry id means.
@@ -661,15 +666,18 @@ impl EventHub for RedisHub {
             let _ = tokio::time::timeout(SUBSCRIBE_WAIT, listening.wait_for(|on| *on)).await;
         }
         let stop = self.local.open(message_id);
-        let notify = Arc::new(Notify::new());
-        lock(&self.shared.mirrors).insert(message_id, notify.clone());
+        let handle = Arc::new(Mirror {
+            wake: Notify::new(),
+            done: watch::channel(false).0,
+        });
+        lock(&self.shared.mirrors).insert(message_id, handle.clone());
         let (opened, opened_rx) = oneshot::channel();
         tokio::spawn(mirror(
             self.shared.clone(),
             self.local.clone(),
             message_id,
             conversation_id,
-            notify,
+            handle,
             opened,
         ));
         // Wait for the stream to exist, so a subscriber on another process that asks right
@@ -699,14 +707,23 @@ impl EventHub for RedisHub {
             conversation_id,
             ConversationEvent::MessageFinished { message_id },
         );
-        if !self.wake_mirror(message_id) {
-            // Ended by a process that did not run it (its runner died): store the end
-            // directly, which also tells the conversation's subscribers elsewhere.
-            let result = self
-                .shared
-                .append(message_id, conversation_id, &[], true)
-                .await;
-            self.shared.outcome("finish", result);
+        match self.wake_mirror(message_id) {
+            // Wait (briefly) until the end is in Redis: a process shutting down must not
+            // leave followers elsewhere waiting for it.
+            Some(mirror) if self.shared.healthy.load(Ordering::Relaxed) => {
+                let mut done = mirror.done.subscribe();
+                let _ = tokio::time::timeout(COMMAND_TIMEOUT, done.wait_for(|d| *d)).await;
+            }
+            Some(_) => {}
+            None => {
+                // Ended by a process that did not run it (its runner died): store the end
+                // directly, which also tells the conversation's subscribers elsewhere.
+                let result = self
+                    .shared
+                    .append(message_id, conversation_id, &[], true)
+                    .await;
+                self.shared.outcome("finish", result);
+            }
         }
     }
 
