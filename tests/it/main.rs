@@ -8,6 +8,7 @@ mod fake_upstream;
 mod limits;
 mod llm;
 mod metrics;
+mod processes;
 mod providers;
 mod quotas;
 mod ratelimit;

@@ -13,7 +13,7 @@ const SEND: &str = "mutation MetricsSend($i: SendMessageInput!) { sendMessage(in
 const MESSAGE: &str = "query MetricsMessage($m: ID!) { message(id: $m) { status } }";
 
 /// The value of the first sample of `metric` whose labels contain all of `labels`.
-fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter(|line| {

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::common::ws::GqlSocket;
-use crate::common::{Session, TestApp, expect_error, test_config};
+use crate::common::{Client, Session, TestApp, expect_error, test_config};
 
 const SEND: &str = "mutation($i: SendMessageInput!) { sendMessage(input: $i) {
     userMessage { id } assistantMessage { id } } }";
@@ -38,7 +38,11 @@ async fn spawn(prefix: &str, overrides: &[(&str, &str)]) -> TestApp {
 }
 
 /// POSTs a body and returns the status, the headers and the JSON.
-async fn post(app: &TestApp, token: Option<&str>, body: Value) -> (StatusCode, HeaderMap, Value) {
+pub(crate) async fn post(
+    app: &Client,
+    token: Option<&str>,
+    body: Value,
+) -> (StatusCode, HeaderMap, Value) {
     let mut request = app.client.post(app.url("/graphql")).json(&body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -49,7 +53,11 @@ async fn post(app: &TestApp, token: Option<&str>, body: Value) -> (StatusCode, H
     (status, headers, response.json().await.expect("json body"))
 }
 
-async fn query(app: &TestApp, token: Option<&str>, query: &str) -> (StatusCode, HeaderMap, Value) {
+pub(crate) async fn query(
+    app: &Client,
+    token: Option<&str>,
+    query: &str,
+) -> (StatusCode, HeaderMap, Value) {
     post(app, token, json!({ "query": query })).await
 }
 

@@ -12,14 +12,14 @@ use crate::common::ws::GqlSocket;
 use crate::common::{Session, TestApp, expect_error};
 use crate::fake_upstream::{End, FakeUpstream, Script};
 
-const SEND: &str = "mutation($i: SendMessageInput!) { sendMessage(input: $i) {
+pub(crate) const SEND: &str = "mutation($i: SendMessageInput!) { sendMessage(input: $i) {
     userMessage { id role status content seq parentId }
     assistantMessage { id role status content model parentId } } }";
-const STREAM: &str = "subscription($m: ID!, $after: Int) { messageStream(messageId: $m, afterSeq: $after) {
+pub(crate) const STREAM: &str = "subscription($m: ID!, $after: Int) { messageStream(messageId: $m, afterSeq: $after) {
     __typename
     ... on MessageDelta { messageId seq text }
     ... on MessageFinished { message { id status content promptTokens completionTokens costUsd error completedAt } } } }";
-const EVENTS: &str = "subscription($c: ID!) { conversationEvents(conversationId: $c) {
+pub(crate) const EVENTS: &str = "subscription($c: ID!) { conversationEvents(conversationId: $c) {
     __typename
     ... on MessageCreated { message { id role } }
     ... on MessageDelta { messageId seq text }
@@ -94,7 +94,7 @@ impl Chat {
     }
 }
 
-fn deltas(events: &[Value]) -> Vec<(i64, String)> {
+pub(crate) fn deltas(events: &[Value]) -> Vec<(i64, String)> {
     events
         .iter()
         .filter_map(|e| {
@@ -109,11 +109,11 @@ fn deltas(events: &[Value]) -> Vec<(i64, String)> {
         .collect()
 }
 
-fn joined(deltas: &[(i64, String)]) -> String {
+pub(crate) fn joined(deltas: &[(i64, String)]) -> String {
     deltas.iter().map(|(_, t)| t.as_str()).collect()
 }
 
-fn finished(events: &[Value]) -> Value {
+pub(crate) fn finished(events: &[Value]) -> Value {
     let last = &events.last().expect("events")["data"]["messageStream"];
     assert_eq!(last["__typename"], "MessageFinished", "{events:?}");
     last["message"].clone()

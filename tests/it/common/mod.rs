@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -175,8 +176,9 @@ pub fn drop_database(name: &str) {
     let _ = handle.join();
 }
 
-/// The environment a test server starts with; `overrides` win.
-pub fn test_config(db_name: &str, overrides: &[(&str, &str)]) -> Config {
+/// The environment a test server starts with, in this process or as a child process;
+/// `overrides` win.
+pub fn test_env(db_name: &str, overrides: &[(&str, &str)]) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("DATABASE_URL".into(), database_url(db_name)),
         ("REDIS_URL".into(), redis_url()),
@@ -196,68 +198,31 @@ pub fn test_config(db_name: &str, overrides: &[(&str, &str)]) -> Config {
     for (k, v) in overrides {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
+    vars
+}
+
+/// The configuration of `test_env`.
+pub fn test_config(db_name: &str, overrides: &[(&str, &str)]) -> Config {
+    let vars = test_env(db_name, overrides);
     Config::from_lookup(|k| vars.get(k).cloned()).expect("test config is valid")
 }
 
-pub struct TestApp {
+/// A GraphQL client for one server: a `TestApp` (through `Deref`) or a `ServerProcess`.
+#[derive(Clone)]
+pub struct Client {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
-    pub db_name: String,
-    pub db_url: String,
-    /// Mail the server "sent".
-    pub outbox: Arc<Mutex<Vec<OutgoingMail>>>,
-    pub state: AppState,
-    shutdown: Option<oneshot::Sender<()>>,
 }
 
-/// A signed-in user, as returned by `register` or `login`.
-#[derive(Debug, Clone)]
-pub struct Session {
-    pub user_id: String,
-    pub email: String,
-    pub access: String,
-    pub refresh: String,
-}
-
-impl TestApp {
-    pub async fn spawn() -> TestApp {
-        Self::spawn_with(&[]).await
-    }
-
-    pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
         colloquy::install_crypto_provider();
-        let db_name = fresh_database().await;
-        let config = test_config(&db_name, overrides);
-        let db_url = config.database.url.clone();
-        let outbox = Arc::new(Mutex::new(Vec::new()));
-        let mut app = App::build(config).expect("app builds");
-        app.mailer = Mailer::Memory(outbox.clone());
-        let state = AppState::new(app);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let serve_state = state.clone();
-        tokio::spawn(async move {
-            let shutdown = async {
-                let _ = rx.await;
-            };
-            if let Err(e) = colloquy::app::serve(listener, serve_state, shutdown).await {
-                eprintln!("test server failed: {e:#}");
-            }
-        });
-        TestApp {
+        Client {
             addr,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
-            db_name,
-            db_url,
-            outbox,
-            state,
-            shutdown: Some(tx),
         }
     }
 
@@ -319,6 +284,126 @@ impl TestApp {
         match body["data"]["me"]["email"].as_str() {
             Some(email) => Ok(email.to_owned()),
             None => Err(error_code(&body).unwrap_or_else(|| format!("no error code in {body}"))),
+        }
+    }
+
+    /// The id of the user's personal workspace.
+    pub async fn personal_workspace(&self, s: &Session) -> String {
+        let body = self
+            .gql_as(Some(&s.access), "{ workspaces { id personal } }", json!({}))
+            .await;
+        body["data"]["workspaces"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["personal"] == true))
+            .and_then(|w| w["id"].as_str())
+            .unwrap_or_else(|| panic!("no personal workspace: {body}"))
+            .to_owned()
+    }
+
+    pub async fn create_workspace(&self, s: &Session, name: &str) -> String {
+        let body = self
+            .gql_as(
+                Some(&s.access),
+                "mutation($n: String!) { createWorkspace(input: { name: $n }) { id } }",
+                json!({ "n": name }),
+            )
+            .await;
+        body["data"]["createWorkspace"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createWorkspace failed: {body}"))
+            .to_owned()
+    }
+
+    pub async fn add_member(&self, owner: &Session, workspace: &str, email: &str, role: &str) {
+        let body = self
+            .gql_as(
+                Some(&owner.access),
+                "mutation($i: AddWorkspaceMemberInput!) { addWorkspaceMember(input: $i) { role } }",
+                json!({ "i": { "workspaceId": workspace, "email": email, "role": role } }),
+            )
+            .await;
+        assert_eq!(body["data"]["addWorkspaceMember"]["role"], role, "{body}");
+    }
+
+    pub async fn create_conversation(&self, s: &Session, workspace: &str, title: &str) -> String {
+        let body = self
+            .gql_as(
+                Some(&s.access),
+                "mutation($i: CreateConversationInput!) { createConversation(input: $i) { id } }",
+                json!({ "i": { "workspaceId": workspace, "title": title } }),
+            )
+            .await;
+        body["data"]["createConversation"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createConversation failed: {body}"))
+            .to_owned()
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.api
+    }
+}
+
+/// The server in this test process, over a database of its own; its client (`addr`,
+/// `client`, `gql_as`, `register`, ...) through `Deref`.
+pub struct TestApp {
+    api: Client,
+    pub db_name: String,
+    pub db_url: String,
+    /// Mail the server "sent".
+    pub outbox: Arc<Mutex<Vec<OutgoingMail>>>,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+/// A signed-in user, as returned by `register` or `login`.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: String,
+    pub email: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
+        colloquy::install_crypto_provider();
+        let db_name = fresh_database().await;
+        let config = test_config(&db_name, overrides);
+        let db_url = config.database.url.clone();
+        let outbox = Arc::new(Mutex::new(Vec::new()));
+        let mut app = App::build(config).expect("app builds");
+        app.mailer = Mailer::Memory(outbox.clone());
+        let state = AppState::new(app);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let serve_state = state.clone();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = colloquy::app::serve(listener, serve_state, shutdown).await {
+                eprintln!("test server failed: {e:#}");
+            }
+        });
+        TestApp {
+            api: Client::new(addr),
+            db_name,
+            db_url,
+            outbox,
+            state,
+            shutdown: Some(tx),
         }
     }
 
@@ -392,58 +477,6 @@ pub fn expect_error<'a>(body: &'a Value, code: &str) -> &'a Value {
 }
 
 impl TestApp {
-    /// The id of the user's personal workspace.
-    pub async fn personal_workspace(&self, s: &Session) -> String {
-        let body = self
-            .gql_as(Some(&s.access), "{ workspaces { id personal } }", json!({}))
-            .await;
-        body["data"]["workspaces"]
-            .as_array()
-            .and_then(|ws| ws.iter().find(|w| w["personal"] == true))
-            .and_then(|w| w["id"].as_str())
-            .unwrap_or_else(|| panic!("no personal workspace: {body}"))
-            .to_owned()
-    }
-
-    pub async fn create_workspace(&self, s: &Session, name: &str) -> String {
-        let body = self
-            .gql_as(
-                Some(&s.access),
-                "mutation($n: String!) { createWorkspace(input: { name: $n }) { id } }",
-                json!({ "n": name }),
-            )
-            .await;
-        body["data"]["createWorkspace"]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("createWorkspace failed: {body}"))
-            .to_owned()
-    }
-
-    pub async fn add_member(&self, owner: &Session, workspace: &str, email: &str, role: &str) {
-        let body = self
-            .gql_as(
-                Some(&owner.access),
-                "mutation($i: AddWorkspaceMemberInput!) { addWorkspaceMember(input: $i) { role } }",
-                json!({ "i": { "workspaceId": workspace, "email": email, "role": role } }),
-            )
-            .await;
-        assert_eq!(body["data"]["addWorkspaceMember"]["role"], role, "{body}");
-    }
-
-    pub async fn create_conversation(&self, s: &Session, workspace: &str, title: &str) -> String {
-        let body = self
-            .gql_as(
-                Some(&s.access),
-                "mutation($i: CreateConversationInput!) { createConversation(input: $i) { id } }",
-                json!({ "i": { "workspaceId": workspace, "title": title } }),
-            )
-            .await;
-        body["data"]["createConversation"]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("createConversation failed: {body}"))
-            .to_owned()
-    }
-
     /// Inserts a message through the internal API the generation runner uses.
     pub async fn insert_message(
         &self,

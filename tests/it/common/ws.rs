@@ -1,5 +1,6 @@
 //! A graphql-transport-ws client for tests.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,9 +19,15 @@ pub struct GqlSocket {
 }
 
 impl GqlSocket {
-    /// Connects and completes `connection_init` with this token (empty: anonymous).
+    /// Connects to `app` and completes `connection_init` with this token (empty: anonymous).
     pub async fn connect(app: &TestApp, token: &str) -> GqlSocket {
-        let mut request = format!("ws://{}/graphql", app.addr)
+        Self::connect_addr(app.addr, token).await
+    }
+
+    /// Connects to the server at `addr` (a `ServerProcess`, say) and completes
+    /// `connection_init` with this token (empty: anonymous).
+    pub async fn connect_addr(addr: SocketAddr, token: &str) -> GqlSocket {
+        let mut request = format!("ws://{addr}/graphql")
             .into_client_request()
             .expect("request");
         request.headers_mut().insert(
