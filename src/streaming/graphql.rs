@@ -190,6 +190,42 @@ fn finished(message: Message) -> MessageStreamEvent {
 /// How often a subscriber polls Postgres for a generation the hub does not know.
 const POLL: Duration = Duration::from_millis(500);
 
+/// After this long without an event, a subscriber checks Postgres for the end.
+const SILENCE: Duration = Duration::from_secs(5);
+
+/// The hub's events, ended with `Finished` if the message is found ended in Postgres after
+/// a silence: the end can be lost when the process running the generation dies between
+/// writing it and announcing it.
+fn watched(
+    app: Arc<App>,
+    message_id: Uuid,
+    events: BoxStream<'static, GenerationEvent>,
+) -> BoxStream<'static, GenerationEvent> {
+    futures_util::stream::unfold(Some(events), move |events| {
+        let app = app.clone();
+        async move {
+            let mut events = events?;
+            loop {
+                match tokio::time::timeout(SILENCE, events.next()).await {
+                    Ok(Some(event)) => return Some((event, Some(events))),
+                    Ok(None) => return None,
+                    Err(_) => {
+                        let ended = load_message(&app, message_id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_some_and(|m| !matches!(m.status.as_str(), "PENDING" | "STREAMING"));
+                        if ended {
+                            return Some((GenerationEvent::Finished, None));
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
 /// The events of one message from `after_seq`: from the hub while it knows the generation,
 /// otherwise from Postgres (the whole content as one delta, then the end).
 async fn message_events(
@@ -199,6 +235,7 @@ async fn message_events(
 ) -> BoxStream<'static, async_graphql::Result<MessageStreamEvent>> {
     let id = ID(message_id.to_string());
     if let Some(events) = app.hub.subscribe_generation(message_id, after_seq).await {
+        let events = watched(app.clone(), message_id, events);
         let app = app.clone();
         return events
             .map(move |event| (event, app.clone(), id.clone()))
