@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod own_redis;
 pub mod ws;
 
 use std::collections::HashMap;
