@@ -18,6 +18,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use uuid::Uuid;
 
 use crate::auth::password::Passwords;
 use crate::auth::tokens::TokenKeys;
@@ -29,6 +30,7 @@ use crate::mail::Mailer;
 use crate::ratelimit::Limiter;
 use crate::streaming::admission::{Admission, QuotaAdmission};
 use crate::streaming::hub::{EventHub, InProcessHub};
+use crate::streaming::instances;
 use crate::streaming::redis_hub::RedisHub;
 use crate::streaming::runner::Runners;
 
@@ -62,6 +64,9 @@ pub struct App {
     pub runners: Arc<Runners>,
     /// Wakes the job worker when a job is queued.
     pub jobs_wakeup: Notify,
+    /// This process among those sharing the database: its row in `instances`, and the
+    /// `runner_instance` of the generations it runs. Random per process.
+    pub instance_id: Uuid,
 }
 
 /// A lazily connected, self-reconnecting Redis connection.
@@ -170,6 +175,7 @@ impl App {
             providers: Providers::new(&config.llm)?,
             runners: Arc::new(Runners::default()),
             jobs_wakeup: Notify::new(),
+            instance_id: Uuid::new_v4(),
             config,
         })
     }
@@ -205,7 +211,11 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
     }
     db::prepare(&config.database.url).await?;
     let app = App::build(config)?;
-    recover(&app).await?;
+    // Registered before reaping: the other processes' reapers must never take this one's
+    // generations for orphans.
+    instances::register(&app).await?;
+    // Generations left by processes that died (this host's previous run among them).
+    instances::reap(&app).await?;
     // The dummy hash that unknown-email logins verify against, built now rather than on the
     // first such login (which would then take twice as long as the others).
     let passwords = app.passwords.clone();
@@ -213,54 +223,6 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
         let _ = passwords.verify("warm-up", None).await;
     });
     Ok(AppState::new(app))
-}
-
-/// Generations a dead process left unfinished end FAILED, their partial text kept, and
-/// their reservations settle to what they produced (counted by us).
-pub async fn recover(app: &App) -> anyhow::Result<()> {
-    use crate::usage::quota;
-    let mut conn = app.db.get().await.context("no database connection")?;
-    let failed = crate::conversations::model::Message::fail_unfinished(
-        &mut conn,
-        "the server stopped during the generation",
-    )
-    .await
-    .context("cannot recover unfinished generations")?;
-    if failed.is_empty() {
-        return Ok(());
-    }
-    tracing::warn!(
-        failed = failed.len(),
-        "marked generations left unfinished by a previous run as FAILED"
-    );
-    for message in failed {
-        let Some(reservation) = quota::reservation_of(&mut conn, message.id).await? else {
-            continue;
-        };
-        let spec = app.providers.model(&reservation.model);
-        let completion = spec
-            .map(|s| app.providers.catalog().tokenizer(s))
-            .unwrap_or_default()
-            .count(&message.content) as i64;
-        let cost = spec.map_or(0, |s| {
-            s.cost_micro_usd(reservation.prompt_tokens as u32, completion as u32)
-        });
-        let settlement = quota::Settlement {
-            workspace_id: reservation.workspace_id,
-            user_id: reservation.user_id,
-            conversation_id: Some(message.conversation_id),
-            message_id: Some(message.id),
-            model: reservation.model.clone(),
-            prompt_tokens: Some(reservation.prompt_tokens),
-            completion_tokens: completion,
-            cost_micro_usd: cost,
-            estimated: true,
-        };
-        if let Err(err) = quota::settle(&mut conn, Some(reservation.id), &settlement).await {
-            tracing::error!(?err, message_id = %message.id, "cannot settle a recovered generation");
-        }
-    }
-    Ok(())
 }
 
 pub fn router(state: AppState) -> Router {
@@ -374,6 +336,9 @@ pub async fn serve(
     let app = state.app.clone();
     let jobs = tokio::spawn(crate::streaming::jobs::worker(app.clone()));
     let sweeper = tokio::spawn(sweep_reservations(app.clone()));
+    let heartbeat = tokio::spawn(instances::heartbeat(app.clone()));
+    let (stop_reaper, reaper_stopped) = tokio::sync::watch::channel(false);
+    let reaper = tokio::spawn(instances::reaper(app.clone(), reaper_stopped));
     let limiter = state.app.limiter.clone();
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -400,9 +365,17 @@ pub async fn serve(
         }
     };
     housekeeping.abort();
+    // Stopped between runs rather than aborted: a run cut short would leave the generations
+    // it ended unsettled and their subscribers waiting.
+    let _ = stop_reaper.send(true);
+    let _ = reaper.await;
     app.runners.shutdown(&app, grace).await;
     jobs.abort();
     sweeper.abort();
+    // Alive until the runners wrote their ends; then gone, so whatever outlived the grace
+    // period is reaped by the other processes at once.
+    heartbeat.abort();
+    instances::deregister(&app).await;
     result
 }
 

@@ -29,6 +29,7 @@ pub struct Config {
     pub rate_limits: RateLimits,
     pub chat: ChatConfig,
     pub llm: LlmConfig,
+    pub instances: InstanceConfig,
     /// Instance administrators (lower-cased emails): they set workspace quotas.
     pub admin_emails: Vec<String>,
 }
@@ -45,6 +46,35 @@ pub struct ChatConfig {
     pub hub_retention: Duration,
     /// Most deltas the hub keeps per generation for replay.
     pub hub_replay_max_events: usize,
+}
+
+/// How server processes sharing one database tell each other they are alive
+/// (`streaming::instances`).
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    /// How often a process writes its heartbeat, and how often it reaps the generations of
+    /// dead ones.
+    pub heartbeat_interval: Duration,
+    /// A process whose heartbeat is older than this is dead: its unfinished generations end
+    /// FAILED. More than twice the interval, so one late heartbeat is not a death.
+    pub heartbeat_timeout: Duration,
+}
+
+impl InstanceConfig {
+    fn validated(self) -> anyhow::Result<Self> {
+        if self.heartbeat_interval.is_zero() {
+            bail!("HEARTBEAT_INTERVAL_SECS must be at least 1");
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval * 2 {
+            bail!(
+                "HEARTBEAT_TIMEOUT_SECS ({}) must be more than twice HEARTBEAT_INTERVAL_SECS ({}), \
+                 or a single late heartbeat would declare a live server dead",
+                self.heartbeat_timeout.as_secs(),
+                self.heartbeat_interval.as_secs()
+            );
+        }
+        Ok(self)
+    }
 }
 
 /// Providers, models and how to talk to them.
@@ -426,6 +456,11 @@ impl Config {
                     .filter(|k| !k.is_empty())
                     .map(Secret::new),
             },
+            instances: InstanceConfig {
+                heartbeat_interval: Duration::from_secs(env.parse("HEARTBEAT_INTERVAL_SECS", "3")?),
+                heartbeat_timeout: Duration::from_secs(env.parse("HEARTBEAT_TIMEOUT_SECS", "15")?),
+            }
+            .validated()?,
             rate_limits: RateLimits {
                 login_per_email: env.parse("LOGIN_LIMIT_PER_EMAIL", "10")?,
                 login_per_ip: env.parse("LOGIN_LIMIT_PER_IP", "60")?,
@@ -597,6 +632,27 @@ mod tests {
         );
         let err = config(&[("GRAPHQL_MAX_BATCH", "0")]).unwrap_err();
         assert!(err.to_string().contains("GRAPHQL_MAX_BATCH"), "{err}");
+    }
+
+    #[test]
+    fn heartbeat_timeout_must_exceed_two_intervals() {
+        let c = config(&[]).expect("defaults");
+        assert_eq!(c.instances.heartbeat_interval, Duration::from_secs(3));
+        assert_eq!(c.instances.heartbeat_timeout, Duration::from_secs(15));
+        let err = config(&[
+            ("HEARTBEAT_INTERVAL_SECS", "5"),
+            ("HEARTBEAT_TIMEOUT_SECS", "10"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("HEARTBEAT_TIMEOUT_SECS"), "{err}");
+        let err = config(&[("HEARTBEAT_INTERVAL_SECS", "0")]).unwrap_err();
+        assert!(err.to_string().contains("HEARTBEAT_INTERVAL_SECS"), "{err}");
+        let c = config(&[
+            ("HEARTBEAT_INTERVAL_SECS", "1"),
+            ("HEARTBEAT_TIMEOUT_SECS", "3"),
+        ])
+        .expect("3 > 2 × 1");
+        assert_eq!(c.instances.heartbeat_timeout, Duration::from_secs(3));
     }
 
     #[test]

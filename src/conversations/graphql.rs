@@ -200,6 +200,11 @@ impl MessageNode {
         &self.0.content
     }
 
+    /// How many deltas `content` holds: to continue a generation in progress after reading it, subscribe to `messageStream` with `afterSeq: contentSeq`.
+    async fn content_seq(&self) -> i32 {
+        self.0.content_seq
+    }
+
     async fn status(&self) -> MessageStatus {
         match self.0.status.as_str() {
             "PENDING" => MessageStatus::Pending,

@@ -81,6 +81,10 @@ pub struct Message {
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub client_message_id: Option<String>,
+    /// The process running the generation (`instances.id`); None for other messages.
+    pub runner_instance: Option<Uuid>,
+    /// How many deltas `content` holds (written together with it).
+    pub content_seq: i32,
 }
 
 #[derive(Debug, Insertable)]
@@ -98,6 +102,7 @@ pub struct NewMessage<'a> {
     pub created_by: Option<Uuid>,
     pub completed_at: Option<DateTime<Utc>>,
     pub client_message_id: Option<&'a str>,
+    pub runner_instance: Option<Uuid>,
 }
 
 /// Which conversations a listing shows.
@@ -318,10 +323,10 @@ impl Conversation {
     }
 }
 
-/// Columns of `messages` in `Message` order, for the raw-SQL queries below.
-const MESSAGE_COLUMNS: &str = "id, conversation_id, parent_id, seq, depth, role, content, \
+/// Columns of `messages` in `Message` order, for raw-SQL queries returning messages.
+pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, parent_id, seq, depth, role, content, \
     status, model, prompt_tokens, completion_tokens, cost_micro_usd, error, created_by, \
-    created_at, updated_at, completed_at, client_message_id";
+    created_at, updated_at, completed_at, client_message_id, runner_instance, content_seq";
 
 #[derive(QueryableByName)]
 struct IdRow {
@@ -456,32 +461,71 @@ impl Message {
             .optional()
     }
 
-    /// Writes the partial content of a generation in progress.
+    /// Writes the partial content of a generation in progress, with `content_seq`, the
+    /// number of deltas it holds, so a reader knows where the live stream continues. Returns
+    /// whether a stop was requested (`stopGeneration` from any process), or None when the
+    /// message is no longer in progress (ended elsewhere, say by the reaper, or deleted):
+    /// either way the runner should stop.
     pub async fn flush_content(
         conn: &mut AsyncPgConnection,
         id: Uuid,
         content: &str,
-    ) -> QueryResult<()> {
+        content_seq: i32,
+    ) -> QueryResult<Option<bool>> {
         diesel::update(messages::table.find(id))
             .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
             .set((
                 messages::content.eq(content),
+                messages::content_seq.eq(content_seq),
                 messages::updated_at.eq(diesel::dsl::now),
             ))
-            .execute(conn)
+            .returning(messages::stop_requested)
+            .get_result(conn)
             .await
-            .map(drop)
+            .optional()
+    }
+
+    /// Whether a stop was requested for a generation in progress; None when it is no longer
+    /// in progress. The runner's check while no text flows (nothing to flush).
+    pub async fn stop_requested(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+    ) -> QueryResult<Option<bool>> {
+        messages::table
+            .find(id)
+            .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
+            .select(messages::stop_requested)
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Records a stop request on a generation in progress, for whichever process runs it.
+    /// Returns its runner (`Some(None)`: none recorded), or None when it already ended.
+    pub async fn request_stop(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+    ) -> QueryResult<Option<Option<Uuid>>> {
+        diesel::update(messages::table.find(id))
+            .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
+            .set(messages::stop_requested.eq(true))
+            .returning(messages::runner_instance)
+            .get_result(conn)
+            .await
+            .optional()
     }
 
     /// Writes the final state of a generation, once: a message already finished (say,
-    /// cancelled by another path) is left alone. Refreshes the conversation's preview when
-    /// the message is its active leaf. Returns whether this call finished it.
+    /// cancelled by another path, or reaped) is left alone. `content_seq` is the number of
+    /// deltas `content` holds. Refreshes the conversation's preview when the message is its
+    /// active leaf. Returns whether this call finished it.
     #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         conn: &mut AsyncPgConnection,
         id: Uuid,
         status: &str,
         content: &str,
+        content_seq: i32,
         prompt_tokens: Option<i32>,
         completion_tokens: Option<i32>,
         cost_micro_usd: Option<i64>,
@@ -492,6 +536,7 @@ impl Message {
             .set((
                 messages::status.eq(status),
                 messages::content.eq(content),
+                messages::content_seq.eq(content_seq),
                 messages::prompt_tokens.eq(prompt_tokens),
                 messages::completion_tokens.eq(completion_tokens),
                 messages::cost_micro_usd.eq(cost_micro_usd),
@@ -506,31 +551,19 @@ impl Message {
         let Some(message) = updated else {
             return Ok(false);
         };
-        diesel::update(conversations::table.find(message.conversation_id))
-            .filter(conversations::active_leaf_id.eq(message.id))
-            .set(conversations::preview.eq(preview_of(&message.content)))
-            .execute(conn)
-            .await?;
+        message.refresh_preview(conn).await?;
         Ok(true)
     }
 
-    /// Generations a dead process left unfinished: FAILED, partial content kept. Returns
-    /// them as they ended.
-    pub async fn fail_unfinished(
-        conn: &mut AsyncPgConnection,
-        error: &str,
-    ) -> QueryResult<Vec<Message>> {
-        diesel::update(messages::table)
-            .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
-            .set((
-                messages::status.eq("FAILED"),
-                messages::error.eq(error),
-                messages::completed_at.eq(diesel::dsl::now),
-                messages::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(Message::as_returning())
-            .get_results(conn)
+    /// Shows this message's (final) content as its conversation's preview when it is the
+    /// active leaf. Partial flushes do not touch the preview; the end of a generation does.
+    pub async fn refresh_preview(&self, conn: &mut AsyncPgConnection) -> QueryResult<()> {
+        diesel::update(conversations::table.find(self.conversation_id))
+            .filter(conversations::active_leaf_id.eq(self.id))
+            .set(conversations::preview.eq(preview_of(&self.content)))
+            .execute(conn)
             .await
+            .map(drop)
     }
 
     /// Messages sharing a parent, for each `(conversation, parent)` asked: roots when the

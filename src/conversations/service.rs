@@ -148,6 +148,9 @@ pub struct MessageInsert<'a> {
     pub created_by: Option<Uuid>,
     /// The client's idempotency key (user messages of `sendMessage`).
     pub client_message_id: Option<&'a str>,
+    /// The process that will run the generation (`App::instance_id`): assistant messages
+    /// inserted to be generated. None for everything else.
+    pub runner_instance: Option<Uuid>,
 }
 
 /// Inserts a message into the tree and makes it the conversation's active leaf, updating the
@@ -189,6 +192,7 @@ pub async fn insert_message(
                 created_by: insert.created_by,
                 completed_at: finished.then(chrono::Utc::now),
                 client_message_id: insert.client_message_id,
+                runner_instance: insert.runner_instance,
             },
         )
         .await?;

@@ -71,7 +71,9 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
+/// A connection outside the pool (migrations; the heartbeat, which must not wait behind
+/// requests), failing with a sentence naming `DATABASE_URL`.
+pub(crate) async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
     match tokio::time::timeout(CONNECT_TIMEOUT, AsyncPgConnection::establish(url)).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(anyhow!(

@@ -43,6 +43,19 @@ diesel::table! {
         updated_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
         client_message_id -> Nullable<Text>,
+        runner_instance -> Nullable<Uuid>,
+        content_seq -> Int4,
+        stop_requested -> Bool,
+    }
+}
+
+diesel::table! {
+    instances (id) {
+        id -> Uuid,
+        hostname -> Text,
+        pid -> Int4,
+        started_at -> Timestamptz,
+        heartbeat_at -> Timestamptz,
     }
 }
 
@@ -202,6 +215,7 @@ diesel::joinable!(workspaces -> users (created_by));
 
 diesel::allow_tables_to_appear_in_same_query!(
     conversations,
+    instances,
     jobs,
     messages,
     password_reset_tokens,

@@ -4,6 +4,8 @@
 //! - `service`: sendMessage, regenerateMessage, editMessage, stopGeneration
 //! - `runner`: one task per generation (context, provider stream, deltas, flushes, end)
 //! - `hub`: the `EventHub` trait and its in-process implementation
+//! - `instances`: the registry of server processes (heartbeats) and the reaper of the
+//!   generations of dead ones
 //! - `redis_hub`: the hub across processes (Redis Streams and pub/sub)
 //! - `admission`: the rate-limit and quota interface of the send path
 //! - `jobs`: durable background jobs (conversation titles)
@@ -14,6 +16,7 @@ pub mod admission;
 pub mod graphql;
 pub mod guard;
 pub mod hub;
+pub mod instances;
 pub mod jobs;
 pub mod redis_hub;
 pub mod runner;

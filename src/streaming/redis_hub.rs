@@ -54,11 +54,15 @@ const COMMAND_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Appends deltas (and the end) to a generation's stream; see the module documentation.
 /// KEYS: stream, conversation channel. ARGV: maxlen, ttl ms, origin, message id, finished
-/// (0/1), then seq/text pairs in order. Returns the newest delta number in the stream.
+/// (0/1), create (0/1: only the runner creates a stream; an end stored by another process
+/// goes to an existing stream only), then seq/text pairs in order. Returns the newest delta
+/// number in the stream.
 const APPEND: &str = r#"
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local major, minor = 1, 0
-if #top == 0 then
+if #top == 0 and ARGV[6] ~= '1' then
+  major = 3
+elseif #top == 0 then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '1-0', 't', 'o')
 else
   local id = top[1][1]
@@ -68,7 +72,7 @@ else
 end
 local events = {}
 if major == 1 then
-  for i = 6, #ARGV, 2 do
+  for i = 7, #ARGV, 2 do
     local seq = tonumber(ARGV[i])
     if seq > minor then
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '1-' .. seq, 't', 'd', 'x', ARGV[i + 1])
@@ -80,8 +84,12 @@ if major == 1 then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '2-0', 't', 'f')
     events[#events + 1] = { k = 'finished', m = ARGV[4] }
   end
+elseif major == 3 and ARGV[5] == '1' then
+  events[#events + 1] = { k = 'finished', m = ARGV[4] }
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if major ~= 3 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 if #events > 0 then
   redis.call('PUBLISH', KEYS[2], cjson.encode({ o = ARGV[3], e = events }))
 end
@@ -258,6 +266,7 @@ impl Shared {
         conversation_id: Uuid,
         deltas: &[(u32, String)],
         finished: bool,
+        create: bool,
     ) -> redis::RedisResult<u32> {
         let ttl = if finished {
             self.retention
@@ -272,7 +281,8 @@ impl Shared {
             .arg(ttl.as_millis() as u64)
             .arg(&self.origin)
             .arg(message_id.to_string())
-            .arg(if finished { "1" } else { "0" });
+            .arg(if finished { "1" } else { "0" })
+            .arg(if create { "1" } else { "0" });
         for (seq, text) in deltas {
             invocation.arg(*seq).arg(text);
         }
@@ -377,7 +387,7 @@ async fn mirror(
             continue;
         }
         let result = shared
-            .append(message_id, conversation_id, &pending.deltas, finished)
+            .append(message_id, conversation_id, &pending.deltas, finished, true)
             .await;
         match shared.outcome("append", result) {
             Some(newest) => {
@@ -720,7 +730,7 @@ impl EventHub for RedisHub {
                 // directly, which also tells the conversation's subscribers elsewhere.
                 let result = self
                     .shared
-                    .append(message_id, conversation_id, &[], true)
+                    .append(message_id, conversation_id, &[], true, false)
                     .await;
                 self.shared.outcome("finish", result);
             }

@@ -3,6 +3,12 @@
 //! the hub, flushes the partial content to Postgres at least once a second (never per token),
 //! and always ends the message COMPLETE, CANCELLED or FAILED with the text so far, then
 //! settles the quota and queues the title job after a first reply.
+//!
+//! A stop reaches the runner two ways: the hub's signal, and the message's durable
+//! `stop_requested` flag, which `stopGeneration` sets from any process. The flag rides on the
+//! flush's `RETURNING` while text flows, and a cheap read every `STOP_POLL_EVERY` while none
+//! does. A flush that finds the message already ended (reaped while this process looked
+//! dead, or deleted) stops the runner too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +28,8 @@ use crate::streaming::jobs;
 
 /// How often the partial content is written while text flows.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often the stop flag is read while no text flows (a stalled stream can be stopped).
+const STOP_POLL_EVERY: Duration = Duration::from_secs(2);
 
 /// A generation to run: the assistant message and what it was admitted with.
 #[derive(Debug, Clone)]
@@ -103,15 +111,16 @@ impl Runners {
 async fn abandon(app: &App, g: &Generation) {
     let result = async {
         let mut conn = app.db.get().await?;
-        let content = Message::find(&mut conn, g.message_id)
+        let (content, content_seq) = Message::find(&mut conn, g.message_id)
             .await?
-            .map(|m| m.content)
+            .map(|m| (m.content, m.content_seq))
             .unwrap_or_default();
         Message::finish(
             &mut conn,
             g.message_id,
             "FAILED",
             &content,
+            content_seq,
             None,
             None,
             None,
@@ -134,18 +143,26 @@ async fn abandon(app: &App, g: &Generation) {
 struct Outcome {
     status: &'static str,
     content: String,
+    /// How many deltas `content` holds.
+    seq: u32,
     usage: Option<Usage>,
     error: Option<String>,
 }
 
 impl Outcome {
-    fn failed(content: String, usage: Option<Usage>, error: impl Into<String>) -> Self {
+    fn failed(content: String, seq: u32, usage: Option<Usage>, error: impl Into<String>) -> Self {
         Outcome {
             status: "FAILED",
             content,
+            seq,
             usage,
             error: Some(error.into()),
         }
+    }
+
+    /// Before any text: nothing to keep.
+    fn failed_early(error: impl Into<String>) -> Self {
+        Outcome::failed(String::new(), 0, None, error)
     }
 }
 
@@ -168,6 +185,7 @@ async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReaso
                     g.message_id,
                     outcome.status,
                     &outcome.content,
+                    outcome.seq as i32,
                     outcome.usage.map(|u| u.prompt_tokens as i32),
                     outcome.usage.map(|u| u.completion_tokens as i32),
                     cost,
@@ -257,7 +275,7 @@ async fn generate(
                 crate::error::AppError::BadUserInput { message, .. } => message.clone(),
                 _ => "internal error before the generation started".to_owned(),
             };
-            return Outcome::failed(String::new(), None, message);
+            return Outcome::failed_early(message);
         }
     };
     let spec = resolved.spec;
@@ -274,22 +292,14 @@ async fn generate(
     ) {
         Ok(built) => built,
         Err(ContextError::TooLong { needed, budget }) => {
-            return Outcome::failed(
-                String::new(),
-                None,
-                format!(
-                    "the message needs {needed} tokens; model {} takes {budget}",
-                    spec.id
-                ),
-            );
+            return Outcome::failed_early(format!(
+                "the message needs {needed} tokens; model {} takes {budget}",
+                spec.id
+            ));
         }
     };
     let Some(client) = app.providers.client(&spec.provider) else {
-        return Outcome::failed(
-            String::new(),
-            None,
-            format!("provider {} is not configured", spec.provider),
-        );
+        return Outcome::failed_early(format!("provider {} is not configured", spec.provider));
     };
     let request = ChatRequest {
         model: spec.upstream.clone(),
@@ -314,9 +324,12 @@ async fn generate(
     let mut seq = 0u32;
     let mut dirty = false;
     let mut stop_open = true;
+    // Ticks whether or not text flows: a flush when there is new text, otherwise a read of
+    // the stop flag once `STOP_POLL_EVERY` has passed since the last look at it.
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.tick().await;
+    let mut flag_seen_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -330,23 +343,53 @@ async fn generate(
                     StopReason::Running => continue,
                     StopReason::Cancelled => {
                         let usage = settled(usage, &content);
-                        return Outcome { status: "CANCELLED", content, usage, error: None };
+                        return Outcome { status: "CANCELLED", content, seq, usage, error: None };
                     }
                     StopReason::Shutdown => {
                         let usage = settled(usage, &content);
-                        return Outcome::failed(content, usage, "the server shut down during the generation");
+                        return Outcome::failed(content, seq, usage, "the server shut down during the generation");
                     }
                 }
             }
-            _ = flush.tick(), if dirty => {
-                let write = async {
-                    let mut conn = app.db.get().await?;
-                    Message::flush_content(&mut conn, g.message_id, &content).await?;
-                    Ok::<_, crate::error::AppError>(())
+            _ = flush.tick() => {
+                let looked = if dirty {
+                    let write = async {
+                        let mut conn = app.db.get().await?;
+                        Ok::<_, crate::error::AppError>(
+                            Message::flush_content(&mut conn, g.message_id, &content, seq as i32).await?,
+                        )
+                    };
+                    let written = write.await;
+                    if written.is_ok() {
+                        dirty = false;
+                    }
+                    written
+                } else if flag_seen_at.elapsed() >= STOP_POLL_EVERY {
+                    let read = async {
+                        let mut conn = app.db.get().await?;
+                        Ok::<_, crate::error::AppError>(
+                            Message::stop_requested(&mut conn, g.message_id).await?,
+                        )
+                    };
+                    read.await
+                } else {
+                    continue;
                 };
-                match write.await {
-                    Ok(()) => dirty = false,
-                    Err(err) => tracing::warn!(message_id = %g.message_id, ?err, "cannot flush partial content"),
+                match looked {
+                    Ok(Some(false)) => flag_seen_at = tokio::time::Instant::now(),
+                    // stopGeneration, received by whichever process.
+                    Ok(Some(true)) => {
+                        let usage = settled(usage, &content);
+                        return Outcome { status: "CANCELLED", content, seq, usage, error: None };
+                    }
+                    // Ended without us: reaped while this process looked dead, or deleted. The
+                    // final write will change nothing; stop spending tokens on it.
+                    Ok(None) => {
+                        tracing::warn!(message_id = %g.message_id, "the generation was ended elsewhere; stopping it");
+                        let usage = settled(usage, &content);
+                        return Outcome::failed(content, seq, usage, "the generation was ended elsewhere");
+                    }
+                    Err(err) => tracing::warn!(message_id = %g.message_id, ?err, "cannot flush partial content or read the stop flag"),
                 }
             }
             item = stream.next() => match item {
@@ -361,10 +404,10 @@ async fn generate(
                 Some(Ok(Chunk::Finish(_))) => {}
                 Some(Err(err)) => {
                     tracing::warn!(message_id = %g.message_id, error = %err, "generation failed");
-                    return Outcome::failed(content, usage, err.to_string());
+                    return Outcome::failed(content, seq, usage, err.to_string());
                 }
                 None => {
-                    return Outcome { status: "COMPLETE", content, usage, error: None };
+                    return Outcome { status: "COMPLETE", content, seq, usage, error: None };
                 }
             },
         }

@@ -22,9 +22,13 @@ use crate::llm::keys::resolve_model;
 use crate::llm::{ChatMessage, ChatRole};
 use crate::streaming::admission::{AdmissionRequest, Admitted};
 use crate::streaming::hub::{ConversationEvent, StopReason};
+use crate::streaming::instances::{self, Instance};
 use crate::streaming::runner::Generation;
 
 pub const MAX_CONTENT_CHARS: usize = 100_000;
+
+/// How long `stopGeneration` waits for the runner to write the end of the message.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 pub fn validate_content(content: &str) -> AppResult<()> {
     if content.trim().is_empty() {
@@ -163,7 +167,14 @@ async fn launch(
     );
 }
 
-fn assistant_insert(conversation_id: Uuid, parent: Uuid, model: &str) -> MessageInsert<'_> {
+/// The assistant message of a generation this process will run: it records the process, so
+/// the others can tell it from an orphan (`streaming::instances`).
+fn assistant_insert<'a>(
+    app: &App,
+    conversation_id: Uuid,
+    parent: Uuid,
+    model: &'a str,
+) -> MessageInsert<'a> {
     MessageInsert {
         conversation_id,
         parent_id: Some(parent),
@@ -173,6 +184,7 @@ fn assistant_insert(conversation_id: Uuid, parent: Uuid, model: &str) -> Message
         model: Some(model),
         created_by: None,
         client_message_id: None,
+        runner_instance: Some(app.instance_id),
     }
 }
 
@@ -250,11 +262,15 @@ async fn insert_turn(
                 model: None,
                 created_by: Some(viewer.user_id),
                 client_message_id,
+                runner_instance: None,
             },
         )
         .await?;
-        let assistant =
-            insert_message(conn, &assistant_insert(conversation.id, user.id, &spec.id)).await?;
+        let assistant = insert_message(
+            conn,
+            &assistant_insert(app, conversation.id, user.id, &spec.id),
+        )
+        .await?;
         let admitted = admit(app, conn, viewer, conversation, &assistant, spec, prompt).await?;
         Ok((Sent { user, assistant }, admitted))
     })
@@ -378,7 +394,7 @@ pub async fn regenerate(
         .transaction::<_, AppError, _>(async |conn| {
             let assistant = insert_message(
                 conn,
-                &assistant_insert(conversation.id, parent.id, &spec.id),
+                &assistant_insert(app, conversation.id, parent.id, &spec.id),
             )
             .await?;
             let admitted =
@@ -451,50 +467,87 @@ pub async fn edit(
     Ok(sent)
 }
 
-/// Stops a generation, keeping its text (CANCELLED), and returns the message as it ended.
-/// Stopping a finished message changes nothing.
+/// Stops a generation, keeping its text (CANCELLED), whichever process runs it, and returns
+/// the message as it ended. Stopping a finished message changes nothing.
+///
+/// The stop is recorded on the message first (`stop_requested`), so it holds even when no
+/// signal reaches the runner: the runner reads the flag at its next flush, or within two
+/// seconds while no text flows. Then:
+/// - the runner is in this process: the hub signals it; wait for the end it writes;
+/// - the runner is another live process: the hub forwards the stop when it can, the flag
+///   does otherwise; wait for the end it writes;
+/// - no live runner (its process died): end it here, text kept, and settle its reservation
+///   as the reaper would.
 pub async fn stop(app: &Arc<App>, viewer: &Viewer, message_id: Uuid) -> AppResult<Message> {
     let mut conn = app.db.get().await?;
-    let (message, conversation, _) =
-        Message::find_for_member(&mut conn, message_id, viewer.user_id)
-            .await?
-            .ok_or_else(|| AppError::not_found("message"))?;
-    if !matches!(message.status.as_str(), "PENDING" | "STREAMING") {
+    let (message, _, _) = Message::find_for_member(&mut conn, message_id, viewer.user_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("message"))?;
+    if !is_unfinished(&message) {
         return Ok(message);
     }
+    let Some(runner) = Message::request_stop(&mut conn, message_id).await? else {
+        // It ended meanwhile.
+        return found(app, message_id).await;
+    };
     drop(conn);
     if app.hub.stop(message_id, StopReason::Cancelled).await {
-        // The runner writes the final state; wait for it briefly.
-        for _ in 0..100 {
-            let mut conn = app.db.get().await?;
-            if let Some(m) = Message::find(&mut conn, message_id).await?
-                && !matches!(m.status.as_str(), "PENDING" | "STREAMING")
-            {
-                return Ok(m);
-            }
-            drop(conn);
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(ended) = wait_for_end(app, message_id).await? {
+            return Ok(ended);
         }
-    } else {
-        // No runner has it (its process died): end it here, text kept.
-        let mut conn = app.db.get().await?;
-        let finished_here = Message::finish(
-            &mut conn,
-            message_id,
-            "CANCELLED",
-            &message.content,
-            None,
-            None,
-            None,
-            None,
-        )
-        .await?;
-        if finished_here {
-            app.hub.finish_generation(message_id, conversation.id).await;
-        }
+        return found(app, message_id).await;
     }
+    let timeout = app.config.instances.heartbeat_timeout;
+    let runner_live = match runner {
+        Some(instance) => {
+            let mut conn = app.db.get().await?;
+            Instance::is_live(&mut conn, instance, timeout).await?
+        }
+        None => false,
+    };
+    if runner_live && let Some(ended) = wait_for_end(app, message_id).await? {
+        return Ok(ended);
+    }
+    // No live runner, or it did not end the message in time: if it has died meanwhile, end
+    // the message here (the statement re-checks, so a live runner's message is left alone).
+    let mut conn = app.db.get().await?;
+    if let Some(ended) = Instance::cancel_orphan(&mut conn, message_id, timeout).await? {
+        tracing::info!(%message_id, "stopped a generation whose server is gone");
+        crate::metrics::generation_ended(ended.model.as_deref().unwrap_or_default(), "CANCELLED");
+        instances::close_orphan(app, &mut conn, &ended).await;
+        return Ok(ended);
+    }
+    drop(conn);
+    found(app, message_id).await
+}
+
+fn is_unfinished(message: &Message) -> bool {
+    matches!(message.status.as_str(), "PENDING" | "STREAMING")
+}
+
+async fn found(app: &App, message_id: Uuid) -> AppResult<Message> {
     let mut conn = app.db.get().await?;
     Message::find(&mut conn, message_id)
         .await?
         .ok_or_else(|| AppError::not_found("message"))
+}
+
+/// The message once its runner has written its end, polling for up to `STOP_WAIT`; None if
+/// it is still unfinished then.
+async fn wait_for_end(app: &App, message_id: Uuid) -> AppResult<Option<Message>> {
+    let deadline = tokio::time::Instant::now() + STOP_WAIT;
+    loop {
+        let mut conn = app.db.get().await?;
+        match Message::find(&mut conn, message_id).await? {
+            // Deleted meanwhile (its conversation was).
+            None => return Err(AppError::not_found("message")),
+            Some(m) if !is_unfinished(&m) => return Ok(Some(m)),
+            Some(_) => {}
+        }
+        drop(conn);
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -470,6 +470,7 @@ async fn messages_form_a_tree_with_an_active_branch() {
             model: None,
             created_by: None,
             client_message_id: None,
+            runner_instance: None,
         },
     )
     .await

@@ -5,6 +5,7 @@ mod common;
 mod accounts;
 mod conversations;
 mod fake_upstream;
+mod instances;
 mod limits;
 mod llm;
 mod metrics;

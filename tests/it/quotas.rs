@@ -472,7 +472,12 @@ async fn usage_updated_follows_reservations_and_settlements() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_and_expired_reservations_are_released() {
-    let app = spawn(&[]).await;
+    // Background reaping out of the way: this test calls the reaper itself.
+    let app = spawn(&[
+        ("HEARTBEAT_INTERVAL_SECS", "600"),
+        ("HEARTBEAT_TIMEOUT_SECS", "1800"),
+    ])
+    .await;
     let s = app.register("crash@example.com").await;
     let ws = app.personal_workspace(&s).await;
     let c = app.create_conversation(&s, &ws, "crash").await;
@@ -489,6 +494,7 @@ async fn crashed_and_expired_reservations_are_released() {
         model: Some("local/echo"),
         created_by: None,
         client_message_id: None,
+        runner_instance: None,
     };
     // A generation whose process died: reserved, streaming, partial text.
     let crashed =
@@ -523,9 +529,9 @@ async fn crashed_and_expired_reservations_are_released() {
     assert_eq!(swept, 1);
     assert_eq!(quota(&app, &s, &ws).await["tokensReserved"], 110);
 
-    colloquy::app::recover(&app.state.app)
+    colloquy::streaming::instances::reap(&app.state.app)
         .await
-        .expect("recover");
+        .expect("reap");
     let q = quota(&app, &s, &ws).await;
     assert_eq!(q["tokensReserved"], 0, "{q}");
     let (prompt, completion, estimated): (i64, i64, bool) = usage_records::table

@@ -269,7 +269,6 @@ async fn anonymous_mutations_are_limited_per_ip_but_login_is_not() {
 // Redis: shared limits, and the fallback while it is down.
 // ---------------------------------------------------------------------------------------------
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_falls_back_in_process_and_recovers() {
     let mut redis = OwnRedis::start().await;

@@ -658,44 +658,58 @@ async fn the_first_reply_gets_a_title() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_recovery_fails_unfinished_generations() {
-    let chat = chat(&[]).await;
-    let mut conn = chat.app.db().await;
-    let user = chat
-        .app
+    // Background reaping out of the way: this test calls the reaper itself.
+    let chat = chat(&[
+        ("HEARTBEAT_INTERVAL_SECS", "600"),
+        ("HEARTBEAT_TIMEOUT_SECS", "1800"),
+    ])
+    .await;
+    let app = &chat.app;
+    let user = app
         .insert_message(&chat.conversation, None, "USER", "question")
         .await;
-    let partial = colloquy::conversations::service::insert_message(
-        &mut conn,
-        &colloquy::conversations::service::MessageInsert {
-            conversation_id: chat.conversation.parse().expect("uuid"),
-            parent_id: Some(user.parse().expect("uuid")),
-            role: "ASSISTANT",
-            content: "half an ans",
-            status: "STREAMING",
-            model: Some("local/echo"),
-            created_by: None,
-            client_message_id: None,
-        },
-    )
-    .await
-    .expect("insert");
-    colloquy::app::recover(&chat.app.state.app)
+    let dead = app.fake_instance(Duration::from_secs(3600)).await;
+    let live = app.fake_instance(Duration::ZERO).await;
+    // No runner recorded, a runner that stopped beating, a runner still beating.
+    let partial = app
+        .insert_generation(&chat.conversation, &user, "half an ans", None)
+        .await;
+    let of_dead = app
+        .insert_generation(&chat.conversation, &user, "left behind", Some(dead))
+        .await;
+    let of_live = app
+        .insert_generation(&chat.conversation, &user, "still going", Some(live))
+        .await;
+    let reaped = colloquy::streaming::instances::reap(&app.state.app)
         .await
-        .expect("recover");
-    let m = chat.message(&partial.id.to_string()).await;
-    assert_eq!(m["status"], "FAILED");
-    assert_eq!(m["content"], "half an ans");
-    assert!(
-        m["error"].as_str().is_some_and(|e| e.contains("stopped")),
-        "{m}"
+        .expect("reap");
+    assert_eq!(reaped, 2);
+    for (id, content) in [(partial, "half an ans"), (of_dead, "left behind")] {
+        let m = chat.message(&id.to_string()).await;
+        assert_eq!(m["status"], "FAILED");
+        assert_eq!(m["content"], content);
+        assert_eq!(
+            m["error"], "the server running the generation stopped",
+            "{m}"
+        );
+        assert!(m["completedAt"].is_string());
+    }
+    let m = chat.message(&of_live.to_string()).await;
+    assert_eq!(
+        m["status"], "STREAMING",
+        "a live server's generation is left alone"
     );
-    assert!(m["completedAt"].is_string());
+    assert!(m["completedAt"].is_null());
+    // Reaping again finds nothing: each orphan is reaped once.
+    let again = colloquy::streaming::instances::reap(&app.state.app)
+        .await
+        .expect("reap");
+    assert_eq!(again, 0);
+    let partial = partial.to_string();
 
     // A message the hub never knew replays from Postgres: its content as one delta.
     let mut socket = GqlSocket::connect(&chat.app, &chat.user.access).await;
-    socket
-        .subscribe("1", STREAM, json!({ "m": partial.id.to_string() }))
-        .await;
+    socket.subscribe("1", STREAM, json!({ "m": partial })).await;
     let events = socket.collect("1", 10).await;
     assert_eq!(deltas(&events), vec![(1, "half an ans".to_owned())]);
     assert_eq!(finished(&events)["status"], "FAILED");

@@ -7,8 +7,8 @@
 
 #![allow(dead_code)]
 
-pub mod process;
 pub mod own_redis;
+pub mod process;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -359,6 +359,9 @@ pub struct TestApp {
     pub outbox: Arc<Mutex<Vec<OutgoingMail>>>,
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Whether dropping this app drops the database: false for a peer (`spawn_peer`), which
+    /// serves the database of another `TestApp`.
+    owns_database: bool,
 }
 
 /// A signed-in user, as returned by `register` or `login`.
@@ -378,11 +381,27 @@ impl TestApp {
     pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
         colloquy::install_crypto_provider();
         let db_name = fresh_database().await;
+        Self::serve(db_name, overrides, true).await
+    }
+
+    /// A second server process on this app's database (scale-out): its own state, hub and
+    /// instance id, with `overrides` on the test defaults. It never drops the database; this
+    /// app does, so keep this one alive for as long as the peer.
+    pub async fn spawn_peer(&self, overrides: &[(&str, &str)]) -> TestApp {
+        Self::serve(self.db_name.clone(), overrides, false).await
+    }
+
+    async fn serve(db_name: String, overrides: &[(&str, &str)], owns_database: bool) -> TestApp {
         let config = test_config(&db_name, overrides);
         let db_url = config.database.url.clone();
         let outbox = Arc::new(Mutex::new(Vec::new()));
         let mut app = App::build(config).expect("app builds");
         app.mailer = Mailer::Memory(outbox.clone());
+        // As `app::start` does: registered before the first request, so no other process
+        // takes this one's generations for orphans.
+        colloquy::streaming::instances::register(&app)
+            .await
+            .expect("register the instance");
         let state = AppState::new(app);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -405,6 +424,7 @@ impl TestApp {
             outbox,
             state,
             shutdown: Some(tx),
+            owns_database,
         }
     }
 
@@ -439,7 +459,9 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        drop_database(&self.db_name);
+        if self.owns_database {
+            drop_database(&self.db_name);
+        }
     }
 }
 
@@ -498,10 +520,58 @@ impl TestApp {
                 model: (role == "ASSISTANT").then_some("local/echo"),
                 created_by: None,
                 client_message_id: None,
+                runner_instance: None,
             },
         )
         .await
         .unwrap_or_else(|e| panic!("insert_message: {e:?}"));
         message.id.to_string()
+    }
+}
+
+impl TestApp {
+    /// A row in `instances` for another server process whose last heartbeat was `silent_for`
+    /// ago (by the database's clock): live or dead depending on the heartbeat timeout.
+    pub async fn fake_instance(&self, silent_for: Duration) -> uuid::Uuid {
+        let id = uuid::Uuid::new_v4();
+        diesel::sql_query(
+            "INSERT INTO instances (id, hostname, pid, heartbeat_at) \
+             VALUES ($1, 'elsewhere', 1, now() - make_interval(secs => $2))",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .bind::<diesel::sql_types::Float8, _>(silent_for.as_secs_f64())
+        .execute(&mut self.db().await)
+        .await
+        .expect("insert instance");
+        id
+    }
+
+    /// An assistant message in progress (STREAMING) under `parent`, with `content` flushed so
+    /// far and run by `runner`, as a server that then stopped would leave it.
+    pub async fn insert_generation(
+        &self,
+        conversation: &str,
+        parent: &str,
+        content: &str,
+        runner: Option<uuid::Uuid>,
+    ) -> uuid::Uuid {
+        let mut conn = self.db().await;
+        colloquy::conversations::service::insert_message(
+            &mut conn,
+            &colloquy::conversations::service::MessageInsert {
+                conversation_id: conversation.parse().expect("uuid"),
+                parent_id: Some(parent.parse().expect("uuid")),
+                role: "ASSISTANT",
+                content,
+                status: "STREAMING",
+                model: Some("local/echo"),
+                created_by: None,
+                client_message_id: None,
+                runner_instance: runner,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("insert_generation: {e:?}"))
+        .id
     }
 }
