@@ -14,6 +14,7 @@ use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::common::own_redis::OwnRedis;
 use crate::common::process::ServerProcess;
 use crate::common::ws::GqlSocket;
 use crate::common::{Client, Session, TestApp, expect_error};
@@ -488,4 +489,120 @@ async fn graceful_shutdown_of_one_process() {
 async fn a_process_that_cannot_start_fails_with_its_output() {
     // The configuration is refused before any database is opened.
     ServerProcess::start("colloquy_never_created", &[("BIND_ADDR", "nowhere")]).await;
+}
+
+const CONTENT_SEQ: &str = "query($m: ID!) { message(id: $m) { status content contentSeq } }";
+
+/// The error of a subscription's last result, when it ended with one.
+fn last_error(events: &[Value]) -> Value {
+    let last = events.last().cloned().unwrap_or_default();
+    assert!(last["errors"].is_array(), "ended with an error: {events:?}");
+    last["errors"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_spares_local_subscribers_and_remote_ones_resume() {
+    let mut redis = OwnRedis::start().await;
+    let url = redis.url();
+    let c = cluster(2, &[ECHO_10_MS, ("REDIS_URL", url.as_str())]).await;
+    let (p1, p2) = (&c.procs[0], &c.procs[1]);
+    let assistant = c.send(p1, "/words 600").await;
+    let mut local = c.stream(p1, &assistant, 0).await;
+    let mut remote = c.stream(p2, &assistant, 0).await;
+    let mut feed = GqlSocket::connect_addr(p2.addr, &c.user.access).await;
+    feed.subscribe("e", EVENTS, json!({ "c": c.conversation }))
+        .await;
+    let mut seen = c.first_deltas(&mut remote, 20).await;
+
+    redis.kill();
+    // P2's follower and P2's conversation feed end with a retryable INTERNAL error.
+    let events = within(
+        Duration::from_secs(10),
+        "P2's follower to hear of the outage",
+        remote.collect("s", 10_000),
+    )
+    .await;
+    seen.extend(deltas(&events));
+    let error = last_error(&events);
+    assert_eq!(error["extensions"]["code"], "INTERNAL", "{error}");
+    assert_eq!(error["extensions"]["retryable"], true, "{error}");
+    assert_eq!(
+        seqs(&seen),
+        (1..=seen.len() as i64).collect::<Vec<_>>(),
+        "no gap before the error"
+    );
+    let events = within(
+        Duration::from_secs(10),
+        "P2's conversation feed to hear of the outage",
+        feed.collect("e", 10_000),
+    )
+    .await;
+    assert_eq!(last_error(&events)["extensions"]["code"], "INTERNAL");
+    // A subscriber arriving on P2 during the outage waits in Postgres for the end.
+    let mut during = c.stream(p2, &assistant, 0).await;
+
+    // Redis comes back, empty; the runner on P1 refills the generation's stream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart().await;
+    let key = format!("colloquy:hub:gen:{assistant}");
+    within(
+        Duration::from_secs(10),
+        "the stream to be refilled",
+        async {
+            loop {
+                if let Some(mut conn) = redis.connection().await {
+                    let exists: bool = redis::cmd("EXISTS")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or(false);
+                    if exists {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    // P2's client resumes from what Postgres holds: its content, then deltas after contentSeq.
+    let stored = c
+        .app
+        .gql_as(Some(&c.user.access), CONTENT_SEQ, json!({ "m": assistant }))
+        .await;
+    let stored = &stored["data"]["message"];
+    let from = stored["contentSeq"].as_i64().expect("contentSeq");
+    let prefix = stored["content"].as_str().expect("content").to_owned();
+    let mut resumed = c.stream(p2, &assistant, from).await;
+    let (rest, end) = rest_of_stream(
+        &mut resumed,
+        from + 1,
+        Duration::from_secs(30),
+        "P2's resumed stream to end",
+    )
+    .await;
+    assert_eq!(end["status"], "COMPLETE", "{end}");
+    let content = end["content"].as_str().expect("content");
+    assert_eq!(format!("{prefix}{}", joined(&rest)), content);
+    assert_eq!(content, words(600));
+
+    // P1's own subscriber never noticed: every delta once, then the end.
+    let (all, end) = rest_of_stream(
+        &mut local,
+        1,
+        Duration::from_secs(30),
+        "P1's local stream to end",
+    )
+    .await;
+    assert_eq!(all.len(), 600);
+    assert_eq!(end["status"], "COMPLETE");
+    // The one that came during the outage got the whole answer from Postgres.
+    let events = within(
+        Duration::from_secs(30),
+        "the outage-time subscriber to end",
+        during.collect("s", 10_000),
+    )
+    .await;
+    assert_eq!(deltas(&events), vec![(1, words(600))]);
+    assert_eq!(finished(&events)["status"], "COMPLETE");
 }
