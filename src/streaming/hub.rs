@@ -584,10 +584,11 @@ impl EventHub for InProcessHub {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn deltas(events: &[GenerationEvent]) -> Vec<u32> {
+    /// The delta numbers among `events`.
+    pub(crate) fn deltas(events: &[GenerationEvent]) -> Vec<u32> {
         events
             .iter()
             .filter_map(|e| match e {

@@ -871,6 +871,7 @@ impl EventHub for RedisHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::streaming::hub::tests::deltas;
 
     fn redis_url() -> String {
         std::env::var("COLLOQUY_TEST_REDIS_URL")
@@ -879,16 +880,6 @@ mod tests {
 
     fn hub() -> RedisHub {
         RedisHub::new(&redis_url(), Duration::from_secs(60), 10_000).expect("hub")
-    }
-
-    fn deltas(events: &[GenerationEvent]) -> Vec<u32> {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                GenerationEvent::Delta { seq, .. } => Some(*seq),
-                _ => None,
-            })
-            .collect()
     }
 
     async fn within<T>(future: impl std::future::Future<Output = T>) -> T {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::common::ws::GqlSocket;
 use crate::common::{Session, TestApp};
+use crate::streaming::{deltas, finished, joined};
 
 const SEND: &str =
     "mutation($c: ID!, $t: String!) { sendMessage(input: { conversationId: $c, content: $t }) {
@@ -100,27 +101,6 @@ async fn ledger(app: &TestApp, message_id: uuid::Uuid) -> Option<(i64, i64, bool
         .await
         .optional()
         .expect("ledger")
-}
-
-fn deltas(events: &[Value]) -> Vec<(i64, String)> {
-    events
-        .iter()
-        .filter_map(|e| {
-            let d = &e["data"]["messageStream"];
-            (d["__typename"] == "MessageDelta").then(|| {
-                (
-                    d["seq"].as_i64().expect("seq"),
-                    d["text"].as_str().expect("text").to_owned(),
-                )
-            })
-        })
-        .collect()
-}
-
-fn finished(events: &[Value]) -> Value {
-    let last = &events.last().expect("events")["data"]["messageStream"];
-    assert_eq!(last["__typename"], "MessageFinished", "{events:?}");
-    last["message"].clone()
 }
 
 async fn heartbeat_of(app: &TestApp, id: uuid::Uuid) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -242,10 +222,6 @@ async fn a_dead_servers_generation_is_reaped_in_the_background() {
         .await
         .expect("is_live")
     );
-}
-
-fn joined(deltas: &[(i64, String)]) -> String {
-    deltas.iter().map(|(_, t)| t.as_str()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -484,23 +484,11 @@ async fn crashed_and_expired_reservations_are_released() {
     let ws_id: uuid::Uuid = ws.parse().expect("uuid");
     let user_id: uuid::Uuid = s.user_id.parse().expect("uuid");
     let question = app.insert_message(&c, None, "USER", "question").await;
-    let mut conn = app.db().await;
-    let insert = |content: &'static str| colloquy::conversations::service::MessageInsert {
-        conversation_id: c.parse().expect("uuid"),
-        parent_id: Some(question.parse().expect("uuid")),
-        role: "ASSISTANT",
-        content,
-        status: "STREAMING",
-        model: Some("local/echo"),
-        created_by: None,
-        client_message_id: None,
-        runner_instance: None,
-    };
     // A generation whose process died: reserved, streaming, partial text.
-    let crashed =
-        colloquy::conversations::service::insert_message(&mut conn, &insert("partial words here"))
-            .await
-            .expect("insert");
+    let crashed = app
+        .insert_generation(&c, &question, "partial words here", None)
+        .await;
+    let mut conn = app.db().await;
     let reserve = |message_id, ttl| colloquy::usage::quota::ReserveRequest {
         workspace_id: ws_id,
         user_id,
@@ -510,14 +498,12 @@ async fn crashed_and_expired_reservations_are_released() {
         max_output_tokens: 100,
         ttl,
     };
-    colloquy::usage::quota::reserve(&mut conn, &reserve(crashed.id, Duration::from_secs(600)))
+    colloquy::usage::quota::reserve(&mut conn, &reserve(crashed, Duration::from_secs(600)))
         .await
         .expect("reserve");
     // And a reservation that simply expired.
-    let orphan = colloquy::conversations::service::insert_message(&mut conn, &insert(""))
-        .await
-        .expect("insert");
-    colloquy::usage::quota::reserve(&mut conn, &reserve(orphan.id, Duration::ZERO))
+    let orphan = app.insert_generation(&c, &question, "", None).await;
+    colloquy::usage::quota::reserve(&mut conn, &reserve(orphan, Duration::ZERO))
         .await
         .expect("reserve");
     assert_eq!(quota(&app, &s, &ws).await["tokensReserved"], 220);
@@ -535,7 +521,7 @@ async fn crashed_and_expired_reservations_are_released() {
     let q = quota(&app, &s, &ws).await;
     assert_eq!(q["tokensReserved"], 0, "{q}");
     let (prompt, completion, estimated): (i64, i64, bool) = usage_records::table
-        .filter(usage_records::message_id.eq(crashed.id))
+        .filter(usage_records::message_id.eq(crashed))
         .select((
             usage_records::prompt_tokens,
             usage_records::completion_tokens,
