@@ -246,10 +246,27 @@ pub fn router(state: AppState) -> Router {
         router = router.layer(cors);
     }
     router
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The span of one HTTP request (a WebSocket connection's too): method, path (never the
+/// query string, which can carry variables) and the request id that `x-request-id` returns.
+/// Everything done for the request, including a generation it starts, happens inside it.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+    )
 }
 
 /// CORS for the origins in `CORS_ORIGINS`; none configured means same-origin only.

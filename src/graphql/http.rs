@@ -29,6 +29,7 @@ use crate::graphql::AppSchema;
 use crate::graphql::ws::{self, InitAuth};
 use crate::ratelimit::LimitClass;
 use crate::ratelimit::operations::{self, Charge};
+use tracing::Instrument;
 
 /// Largest WebSocket message a client may send (a subscribe with its variables).
 pub const WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -360,7 +361,8 @@ async fn execute_one(
 ) -> async_graphql::Response {
     let (operation, kind) = operation_labels(&mut request, max_query_bytes);
     let started = std::time::Instant::now();
-    let response = state.schema.execute(request).await;
+    let span = tracing::info_span!("graphql", operation = %operation, kind);
+    let response = state.schema.execute(request).instrument(span).await;
     crate::metrics::graphql_request(operation, kind, response.is_ok(), started.elapsed());
     response
 }
@@ -518,7 +520,10 @@ async fn websocket(state: AppState, peer: SocketAddr, request: Request<Body>) ->
     let schema = state.schema.clone();
     let app = state.app.clone();
     if protocol == WsProtocol::TransportWs {
-        return upgrade.on_upgrade(move |socket| ws::serve(socket, schema, app, client));
+        // The connection lives in the span of its upgrade request (its request id).
+        let span = tracing::Span::current();
+        return upgrade
+            .on_upgrade(move |socket| ws::serve(socket, schema, app, client).instrument(span));
     }
 
     // Legacy `graphql-ws`: async-graphql's implementation. `GraphQLProtocol` picks the same
@@ -534,16 +539,20 @@ async fn websocket(state: AppState, peer: SocketAddr, request: Request<Body>) ->
         app: app.clone(),
         connection: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
     };
-    upgrade.on_upgrade(move |socket| async move {
-        let _connection = crate::metrics::websocket_connection();
-        let (sink, stream) = socket.split();
-        let sink =
-            sink.with(|message| async move { Ok::<_, axum::Error>(forbidden_close_code(message)) });
-        GraphQLWebSocket::new_with_pair(Box::pin(sink), stream, executor, protocol)
-            .with_data(data)
-            .on_connection_init(move |payload| connection_init(app, payload))
-            .serve()
-            .await
+    let span = tracing::Span::current();
+    upgrade.on_upgrade(move |socket| {
+        async move {
+            let _connection = crate::metrics::websocket_connection();
+            let (sink, stream) = socket.split();
+            let sink = sink
+                .with(|message| async move { Ok::<_, axum::Error>(forbidden_close_code(message)) });
+            GraphQLWebSocket::new_with_pair(Box::pin(sink), stream, executor, protocol)
+                .with_data(data)
+                .on_connection_init(move |payload| connection_init(app, payload))
+                .serve()
+                .await
+        }
+        .instrument(span)
     })
 }
 

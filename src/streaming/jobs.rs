@@ -9,6 +9,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::json;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::app::App;
@@ -133,13 +134,18 @@ pub async fn worker(app: Arc<App>) {
     loop {
         match claim(&app).await {
             Ok(Some(job)) => {
-                let result = match job.kind.as_str() {
-                    TITLE => title(&app, &job).await,
-                    other => Err(format!("unknown job kind {other}")),
-                };
-                if let Err(err) = complete(&app, &job, result).await {
-                    tracing::error!(?err, "cannot record a job's result");
+                let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind);
+                async {
+                    let result = match job.kind.as_str() {
+                        TITLE => title(&app, &job).await,
+                        other => Err(format!("unknown job kind {other}")),
+                    };
+                    if let Err(err) = complete(&app, &job, result).await {
+                        tracing::error!(?err, "cannot record a job's result");
+                    }
                 }
+                .instrument(span)
+                .await;
                 continue;
             }
             Ok(None) => {}

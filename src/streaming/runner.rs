@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::app::App;
@@ -62,11 +63,21 @@ impl Runners {
     ) {
         self.running.fetch_add(1, Ordering::SeqCst);
         let runners = self.clone();
+        // A child of the current span (the request that started it), so its logs carry the
+        // request id.
+        let span = tracing::info_span!(
+            "generation",
+            message_id = %generation.message_id,
+            conversation_id = %generation.conversation_id,
+            model = %generation.model,
+        );
         tokio::spawn(async move {
             let _active = crate::metrics::generation();
             let task = {
                 let (app, generation) = (app.clone(), generation.clone());
-                tokio::spawn(async move { run(&app, &generation, stop).await })
+                tokio::spawn(
+                    async move { run(&app, &generation, stop).await }.instrument(tracing::Span::current()),
+                )
             };
             if let Err(err) = task.await {
                 // A panic must not leave the message STREAMING, its quota held or its
@@ -78,7 +89,8 @@ impl Runners {
             if runners.running.fetch_sub(1, Ordering::SeqCst) == 1 {
                 runners.idle.notify_waiters();
             }
-        });
+        }
+        .instrument(span));
     }
 
     /// Stops every running generation (they end FAILED) and waits up to `grace` for them to

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::TestApp;
+use crate::common::process::ServerProcess;
 
 const SEND: &str = "mutation MetricsSend($i: SendMessageInput!) { sendMessage(input: $i) {
     assistantMessage { id status } } }";
@@ -120,4 +121,71 @@ async fn metrics_expose_requests_generations_and_state() {
             "{text}"
         );
     }
+}
+
+/// With `LOG_FORMAT=json`, a generation's logs are JSON lines inside the span of the request
+/// that started it: the request id (returned in `x-request-id`) ties them together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_logs_carry_the_request_id_in_json() {
+    let app = TestApp::spawn().await;
+    let server = ServerProcess::start(
+        &app.db_name,
+        &[("LOG_FORMAT", "json"), ("ECHO_TOKEN_DELAY_MS", "1")],
+    )
+    .await;
+    let user = server.register("logs@example.com").await;
+    let ws = server.personal_workspace(&user).await;
+    let conversation = server.create_conversation(&user, &ws, "").await;
+    let response = server
+        .client
+        .post(server.url("/graphql"))
+        .bearer_auth(&user.access)
+        .header("x-request-id", "req-logs-42")
+        .json(&json!({
+            "query": "mutation($i: SendMessageInput!) { sendMessage(input: $i) { assistantMessage { id } } }",
+            "variables": { "i": { "conversationId": conversation, "content": "/words 3" } },
+        }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        response.headers().get("x-request-id").map(|v| v.as_bytes()),
+        Some(&b"req-logs-42"[..])
+    );
+    let body: serde_json::Value = response.json().await.expect("json");
+    let message_id = body["data"]["sendMessage"]["assistantMessage"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let found = server.logs().lines().find_map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).ok()?;
+                (value["fields"]["message"] == "generation ended").then_some(value)
+            });
+            if let Some(line) = found {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no JSON 'generation ended' line:\n{}", server.logs()));
+    let spans = line["spans"].as_array().expect("span list");
+    let field = |span: &str, name: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == span)
+            .map(|s| s[name].clone())
+            .unwrap_or_else(|| panic!("no {span} span: {line}"))
+    };
+    assert_eq!(field("request", "request_id"), "req-logs-42", "{line}");
+    assert_eq!(field("request", "path"), "/graphql", "{line}");
+    assert_eq!(field("graphql", "operation"), "anonymous", "{line}");
+    assert_eq!(
+        field("generation", "message_id"),
+        message_id.as_str(),
+        "{line}"
+    );
+    assert_eq!(line["level"], "INFO");
 }

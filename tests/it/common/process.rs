@@ -102,8 +102,10 @@ impl ServerProcess {
             vars.entry(key.to_owned())
                 .or_insert_with(|| value.to_owned());
         }
-        // Plain text, for the line with the address and for people reading failures.
-        vars.remove("LOG_FORMAT");
+        // Plain text, for people reading failures, unless the test asks for JSON.
+        if !overrides.iter().any(|(key, _)| *key == "LOG_FORMAT") {
+            vars.remove("LOG_FORMAT");
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_colloquy"));
         command.arg("serve").env_clear();
         for key in ["PATH", "HOME"] {
