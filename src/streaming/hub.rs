@@ -678,6 +678,36 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn replicas_live_while_followed_and_report_a_hole() {
+        let hub = InProcessHub::new(Duration::from_secs(60), 100);
+        let m = Uuid::new_v4();
+        let follower = hub.follow_replica(m, 0);
+        assert_eq!(hub.replicas_in_use(), vec![m]);
+        hub.append(m, 1, "a".into());
+        // A replica that starts after trimmed deltas never skips text silently.
+        hub.append(m, 3, "c".into());
+        let got: Vec<_> = follower.take(2).collect().await;
+        assert_eq!(
+            got,
+            vec![
+                GenerationEvent::Delta {
+                    seq: 1,
+                    text: "a".into()
+                },
+                GenerationEvent::Lost
+            ]
+        );
+        // Nobody follows it any more: it is dropped, and with it its memory.
+        assert!(hub.replicas_in_use().is_empty());
+        assert!(!hub.holds(m));
+        // Interrupted followers are told, never left waiting.
+        let follower = hub.follow_replica(m, 0);
+        hub.interrupt_replicas();
+        let got: Vec<_> = follower.collect().await;
+        assert_eq!(got, vec![GenerationEvent::Interrupted]);
+    }
+
+    #[tokio::test]
     async fn stop_reaches_the_runner_and_conversation_events_flow() {
         let hub = InProcessHub::new(Duration::from_secs(60), 10);
         let (m, c) = (Uuid::new_v4(), Uuid::new_v4());
