@@ -657,3 +657,43 @@ async fn agent_settings_reach_the_provider_request() {
     );
     assert_eq!(body["messages"][1]["content"], "Hello there");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_holds_at_most_200_agents() {
+    use diesel_async::RunQueryDsl;
+    let app = TestApp::spawn().await;
+    let s = app.register("many@example.com").await;
+    let ws = app.personal_workspace(&s).await;
+    // 5 examples + 195 = the limit.
+    diesel::sql_query(
+        "INSERT INTO agents (id, workspace_id, name, avatar, model) \
+         SELECT gen_random_uuid(), $1, 'Agent ' || n, '🤖', 'local/echo' \
+         FROM generate_series(1, 195) AS n",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(ws.parse::<uuid::Uuid>().expect("uuid"))
+    .execute(&mut app.db().await)
+    .await
+    .expect("fill the workspace");
+    assert_eq!(agents(&app, &s, &ws).await.len(), 200);
+    let body = app
+        .gql_as(
+            Some(&s.access),
+            &create_agent_op(),
+            json!({ "i": { "workspaceId": ws, "name": "One too many" } }),
+        )
+        .await;
+    let error = expect_error(&body, "CONFLICT");
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.contains("200")),
+        "{body}"
+    );
+    // Room again after a delete.
+    let first = id(&agents(&app, &s, &ws).await[0]);
+    ok(&app, &s, DELETE_AGENT, json!({ "id": first })).await;
+    create_agent(
+        &app,
+        &s,
+        json!({ "workspaceId": ws, "name": "Now it fits" }),
+    )
+    .await;
+}
