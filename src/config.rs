@@ -30,6 +30,7 @@ pub struct Config {
     pub chat: ChatConfig,
     pub llm: LlmConfig,
     pub instances: InstanceConfig,
+    pub agents: AgentsConfig,
     /// Instance administrators (lower-cased emails): they set workspace quotas.
     pub admin_emails: Vec<String>,
 }
@@ -46,6 +47,13 @@ pub struct ChatConfig {
     pub hub_retention: Duration,
     /// Most deltas the hub keeps per generation for replay.
     pub hub_replay_max_events: usize,
+}
+
+/// Agents (`crate::agents`).
+#[derive(Debug, Clone)]
+pub struct AgentsConfig {
+    /// Every new workspace (personal ones too) starts with the example agents.
+    pub examples: bool,
 }
 
 /// How server processes sharing one database tell each other they are alive
@@ -456,6 +464,9 @@ impl Config {
                     .filter(|k| !k.is_empty())
                     .map(Secret::new),
             },
+            agents: AgentsConfig {
+                examples: env.parse("EXAMPLE_AGENTS", "true")?,
+            },
             instances: InstanceConfig {
                 heartbeat_interval: Duration::from_secs(env.parse("HEARTBEAT_INTERVAL_SECS", "3")?),
                 heartbeat_timeout: Duration::from_secs(env.parse("HEARTBEAT_TIMEOUT_SECS", "15")?),
@@ -598,6 +609,7 @@ mod tests {
         assert!(c.graphql.introspection);
         assert_eq!(c.server.bind_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.quota.message_limit, None);
+        assert!(c.agents.examples);
     }
 
     #[test]
@@ -632,6 +644,14 @@ mod tests {
         );
         let err = config(&[("GRAPHQL_MAX_BATCH", "0")]).unwrap_err();
         assert!(err.to_string().contains("GRAPHQL_MAX_BATCH"), "{err}");
+        let err = config(&[("EXAMPLE_AGENTS", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("EXAMPLE_AGENTS"), "{err}");
+        assert!(
+            !config(&[("EXAMPLE_AGENTS", "false")])
+                .expect("ok")
+                .agents
+                .examples
+        );
     }
 
     #[test]

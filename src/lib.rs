@@ -6,8 +6,8 @@
 //! - `db`: pool, database creation, embedded migrations, Diesel schema
 //! - `graphql`: schema builder, HTTP/WebSocket transport, limits, loaders, GraphiQL
 //! - `auth`: passwords, tokens, viewer, account operations
-//! - `users`, `workspaces`, `conversations`: domains (rows in `model`, operations in
-//!   `service`, API in `graphql`)
+//! - `users`, `workspaces`, `conversations`, `agents`: domains (rows in `model`,
+//!   operations in `service`, API in `graphql`)
 //! - `llm`: providers, wire formats, model catalog, tokens, context, provider keys
 //! - `ratelimit`: brute-force limits
 //! - `streaming`: send path, generation runner, event hub, jobs, subscriptions
@@ -16,6 +16,7 @@
 //! - `metrics`: the Prometheus recorder, `/metrics`, and one-line helpers for call sites
 //! - `validate`: input checks shared by the domains
 
+pub mod agents;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -87,8 +87,8 @@ fn issued(app: &App, user: User, session_id: Uuid, refresh_token: String) -> App
     })
 }
 
-/// Creates the user, their personal workspace (OWNER) with its quota row, and a session, in
-/// one transaction.
+/// Creates the user, their personal workspace (OWNER) with its quota row and example agents,
+/// and a session, in one transaction.
 pub async fn register(
     app: &App,
     email: &str,
@@ -123,7 +123,8 @@ pub async fn register(
                     e.into()
                 }
             })?;
-            Workspace::create_personal(conn, &user, &quota).await?;
+            let workspace = Workspace::create_personal(conn, &user, &quota).await?;
+            crate::agents::examples::add(conn, app, workspace.id).await?;
             let (session_id, refresh) = open_session(conn, user.id, client, expires_at).await?;
             Ok((user, session_id, refresh))
         })

@@ -5,19 +5,22 @@ use async_graphql::{Context, Enum, ID, InputObject, MaybeUndefined, Object, Simp
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::agents::graphql::AgentNode;
 use crate::auth::viewer;
 use crate::conversations::model::{
     self, Conversation, ConversationChanges, ListFilter, ListPosition, Message,
 };
 use crate::conversations::service::{
-    self, ExportFormat, NewConversationInput, normalize_system_prompt, normalize_title,
+    self, ExportFormat, NewConversationInput, normalize_max_output_tokens, normalize_system_prompt,
+    normalize_temperature, normalize_title,
 };
 use crate::error::AppError;
 use crate::graphql::loaders::{
-    ConversationLoader, SiblingKey, SiblingsLoader, UserLoader, WorkspaceLoader,
+    AgentLoader, ConversationLoader, SiblingKey, SiblingsLoader, UserLoader, WorkspaceLoader,
 };
 use crate::graphql::pagination::{decode, encode, page_size};
 use crate::graphql::{app, conn, loader, parse_id};
+use crate::llm::decimal_f64;
 use crate::users::graphql::UserNode;
 use crate::workspaces::access::require;
 use crate::workspaces::graphql::WorkspaceNode;
@@ -77,6 +80,30 @@ impl ConversationNode {
 
     async fn archived(&self) -> bool {
         self.0.archived
+    }
+
+    /// The agent the conversation was started from; null when none, or when it was deleted.
+    /// Its settings were copied at creation: the agent's later edits do not apply here.
+    async fn agent(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<AgentNode>> {
+        let Some(id) = self.0.agent_id else {
+            return Ok(None);
+        };
+        // The agent is in the conversation's workspace, which the viewer already reached.
+        let agent = loader::<AgentLoader>(ctx)?
+            .load_one(id)
+            .await
+            .map_err(|e| AppError::internal(anyhow::anyhow!("loading agent: {e}")))?;
+        Ok(agent.map(AgentNode))
+    }
+
+    /// Sampling temperature sent to the provider; null: the provider's default.
+    async fn temperature(&self) -> Option<f64> {
+        self.0.temperature.map(decimal_f64)
+    }
+
+    /// Cap on a reply's tokens (the model's own maximum applies too); null: the model's.
+    async fn max_output_tokens(&self) -> Option<i32> {
+        self.0.max_output_tokens
     }
 
     /// Who started the conversation; null when that account is gone.
@@ -276,8 +303,15 @@ pub struct CreateConversationInput {
     pub title: Option<String>,
     /// At most 32,000 characters.
     pub system_prompt: Option<String>,
-    /// Defaults to the server's `DEFAULT_MODEL`.
+    /// Defaults to the agent's model, else the server's `DEFAULT_MODEL`.
     pub model: Option<String>,
+    /// Start from this agent of the workspace: its model, system prompt, temperature and
+    /// output cap are copied into the conversation (fields given here win).
+    pub agent_id: Option<ID>,
+    /// 0 to 2; defaults to the agent's, else the provider's default.
+    pub temperature: Option<f64>,
+    /// At least 1; defaults to the agent's, else the model's maximum.
+    pub max_output_tokens: Option<i32>,
 }
 
 #[derive(InputObject)]
@@ -289,6 +323,10 @@ pub struct UpdateConversationInput {
     pub model: Option<String>,
     pub pinned: Option<bool>,
     pub archived: Option<bool>,
+    /// 0 to 2; null: the provider's default.
+    pub temperature: MaybeUndefined<f64>,
+    /// At least 1; null: the model's maximum.
+    pub max_output_tokens: MaybeUndefined<i32>,
 }
 
 fn changes(input: UpdateConversationInput) -> Result<ConversationChanges, AppError> {
@@ -307,7 +345,26 @@ fn changes(input: UpdateConversationInput) -> Result<ConversationChanges, AppErr
         model: input.model,
         pinned: input.pinned,
         archived: input.archived,
+        temperature: clear_or(input.temperature, |t| {
+            normalize_temperature("temperature", t)
+        })?,
+        max_output_tokens: clear_or(input.max_output_tokens, |n| {
+            normalize_max_output_tokens("maxOutputTokens", n)
+        })?,
     })
+}
+
+/// An optional, clearable input: undefined leaves the column, null clears it, a value is
+/// checked by `normalize`.
+pub(crate) fn clear_or<T, U>(
+    value: MaybeUndefined<T>,
+    normalize: impl FnOnce(T) -> Result<U, AppError>,
+) -> Result<Option<Option<U>>, AppError> {
+    match value {
+        MaybeUndefined::Undefined => Ok(None),
+        MaybeUndefined::Null => Ok(Some(None)),
+        MaybeUndefined::Value(v) => normalize(v).map(|v| Some(Some(v))),
+    }
 }
 
 #[derive(Default)]
@@ -472,13 +529,21 @@ impl ConversationsMutation {
                 title: input.title.as_deref(),
                 system_prompt: input.system_prompt.as_deref(),
                 model: input.model.as_deref(),
+                agent_id: input
+                    .agent_id
+                    .as_ref()
+                    .map(|id| parse_id("agentId", id))
+                    .transpose()?,
+                temperature: input.temperature,
+                max_output_tokens: input.max_output_tokens,
             },
         )
         .await?;
         Ok(ConversationNode(conversation))
     }
 
-    /// Changes title, system prompt, model, pinned or archived; omitted fields stay.
+    /// Changes title, system prompt, model, pinned, archived, temperature or output cap;
+    /// omitted fields stay.
     async fn update_conversation(
         &self,
         ctx: &Context<'_>,
@@ -523,8 +588,12 @@ mod tests {
             model: None,
             pinned: Some(true),
             archived: None,
+            temperature: MaybeUndefined::Value(0.5),
+            max_output_tokens: MaybeUndefined::Null,
         })
         .expect("valid");
+        assert_eq!(c.temperature, Some(Some(0.5)));
+        assert_eq!(c.max_output_tokens, Some(None));
         assert_eq!(c.title, Some(None));
         assert_eq!(c.system_prompt, None);
         assert_eq!(c.pinned, Some(true));
@@ -534,7 +603,19 @@ mod tests {
             model: None,
             pinned: None,
             archived: None,
+            temperature: MaybeUndefined::Undefined,
+            max_output_tokens: MaybeUndefined::Undefined,
         });
         assert!(too_long.is_err());
+        let too_hot = changes(UpdateConversationInput {
+            title: MaybeUndefined::Undefined,
+            system_prompt: MaybeUndefined::Undefined,
+            model: None,
+            pinned: None,
+            archived: None,
+            temperature: MaybeUndefined::Value(2.5),
+            max_output_tokens: MaybeUndefined::Undefined,
+        });
+        assert!(too_hot.is_err());
     }
 }

@@ -36,6 +36,23 @@ pub struct Conversation {
     pub last_seq: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The agent the conversation was started from (its settings were copied at creation).
+    pub agent_id: Option<Uuid>,
+    /// Sampling temperature sent to the provider; None: the provider's default.
+    pub temperature: Option<f32>,
+    /// Cap on a reply's tokens, below the model's own maximum; None: the model's maximum.
+    pub max_output_tokens: Option<i32>,
+}
+
+impl Conversation {
+    /// The most tokens a reply may have on a model whose own maximum is `model_max`: the
+    /// conversation's cap when it is lower. Used for the request and the quota reservation.
+    pub fn output_limit(&self, model_max: u32) -> u32 {
+        self.max_output_tokens
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .map_or(model_max, |n| n.min(model_max))
+    }
 }
 
 #[derive(Debug, Insertable)]
@@ -47,6 +64,9 @@ pub struct NewConversation<'a> {
     pub title: Option<&'a str>,
     pub system_prompt: Option<&'a str>,
     pub model: &'a str,
+    pub agent_id: Option<Uuid>,
+    pub temperature: Option<f32>,
+    pub max_output_tokens: Option<i32>,
 }
 
 /// A partial update; `None` leaves a column as it is.
@@ -58,6 +78,8 @@ pub struct ConversationChanges {
     pub model: Option<String>,
     pub pinned: Option<bool>,
     pub archived: Option<bool>,
+    pub temperature: Option<Option<f32>>,
+    pub max_output_tokens: Option<Option<i32>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable, QueryableByName)]
@@ -697,7 +719,38 @@ pub async fn search(
 
 #[cfg(test)]
 mod tests {
-    use super::preview_of;
+    use super::{Conversation, preview_of};
+
+    #[test]
+    fn the_lower_output_cap_wins() {
+        let now = chrono::Utc::now();
+        let mut c = Conversation {
+            id: uuid::Uuid::nil(),
+            workspace_id: uuid::Uuid::nil(),
+            created_by: None,
+            title: None,
+            system_prompt: None,
+            model: "local/echo".to_owned(),
+            pinned: false,
+            archived: false,
+            active_leaf_id: None,
+            message_count: 0,
+            preview: None,
+            last_message_at: None,
+            sort_at: now,
+            last_seq: 0,
+            created_at: now,
+            updated_at: now,
+            agent_id: None,
+            temperature: None,
+            max_output_tokens: None,
+        };
+        assert_eq!(c.output_limit(4096), 4096);
+        c.max_output_tokens = Some(100);
+        assert_eq!(c.output_limit(4096), 100);
+        c.max_output_tokens = Some(10_000);
+        assert_eq!(c.output_limit(4096), 4096);
+    }
 
     #[test]
     fn previews_collapse_whitespace_and_truncate() {

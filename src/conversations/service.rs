@@ -7,6 +7,7 @@ use async_graphql::Enum;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
+use crate::agents::model::Agent;
 use crate::app::App;
 use crate::auth::Viewer;
 use crate::conversations::model::{
@@ -19,6 +20,10 @@ use crate::workspaces::model::Role;
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_SYSTEM_PROMPT_CHARS: usize = 32_000;
+/// Highest sampling temperature accepted (the common range of the providers).
+pub const MAX_TEMPERATURE: f64 = 2.0;
+/// Highest output cap accepted; at generation time it is also capped at the model's own.
+pub const MAX_OUTPUT_TOKENS_CAP: i32 = 1_000_000;
 
 /// The conversation if the viewer may see it (a member of its workspace), with the role held
 /// there; NOT_FOUND otherwise, whether or not it exists.
@@ -44,6 +49,28 @@ pub fn normalize_system_prompt(raw: &str) -> AppResult<Option<String>> {
     Ok((!prompt.trim().is_empty()).then_some(prompt))
 }
 
+/// A sampling temperature, 0 to 2.
+pub fn normalize_temperature(field: &str, value: f64) -> AppResult<f32> {
+    if !value.is_finite() || !(0.0..=MAX_TEMPERATURE).contains(&value) {
+        return Err(AppError::bad_input(
+            field,
+            format!("{field} must be between 0 and {MAX_TEMPERATURE}"),
+        ));
+    }
+    Ok(value as f32)
+}
+
+/// A cap on a reply's tokens: at least 1 (the model's own maximum still applies).
+pub fn normalize_max_output_tokens(field: &str, value: i32) -> AppResult<i32> {
+    if !(1..=MAX_OUTPUT_TOKENS_CAP).contains(&value) {
+        return Err(AppError::bad_input(
+            field,
+            format!("{field} must be between 1 and {MAX_OUTPUT_TOKENS_CAP}"),
+        ));
+    }
+    Ok(value)
+}
+
 /// A model id such as `openai/gpt-4o-mini`, which must be in the catalog (availability is
 /// checked when a generation starts, with the workspace's keys in view).
 pub fn normalize_model(app: &App, raw: &str) -> AppResult<String> {
@@ -62,8 +89,15 @@ pub struct NewConversationInput<'a> {
     pub title: Option<&'a str>,
     pub system_prompt: Option<&'a str>,
     pub model: Option<&'a str>,
+    /// Copy this agent's model, system prompt and generation settings; the other fields
+    /// given here win over the agent's.
+    pub agent_id: Option<Uuid>,
+    pub temperature: Option<f64>,
+    pub max_output_tokens: Option<i32>,
 }
 
+/// Starts a conversation (any member). With an agent, the agent's settings are copied
+/// into the conversation: editing the agent later changes no existing conversation.
 pub async fn create(
     app: &App,
     viewer: &Viewer,
@@ -73,11 +107,37 @@ pub async fn create(
     let system_prompt = input
         .system_prompt
         .map(normalize_system_prompt)
-        .transpose()?
-        .flatten();
-    let model = normalize_model(app, input.model.unwrap_or(&app.config.chat.default_model))?;
+        .transpose()?;
+    let model = input.model.map(|m| normalize_model(app, m)).transpose()?;
+    let temperature = input
+        .temperature
+        .map(|t| normalize_temperature("temperature", t))
+        .transpose()?;
+    let max_output_tokens = input
+        .max_output_tokens
+        .map(|n| normalize_max_output_tokens("maxOutputTokens", n))
+        .transpose()?;
     let mut conn = app.db.get().await?;
     require(&mut conn, viewer, input.workspace_id, Role::Member).await?;
+    let agent = match input.agent_id {
+        // An agent of another workspace looks exactly like one that does not exist.
+        Some(id) => Some(
+            Agent::find_in(&mut conn, id, input.workspace_id)
+                .await?
+                .ok_or_else(|| AppError::bad_input("agentId", "no such agent in this workspace"))?,
+        ),
+        None => None,
+    };
+    let model = match (model, &agent) {
+        (Some(model), _) => model,
+        // The agent's model may have left the catalog since; it is checked like any other.
+        (None, Some(agent)) => normalize_model(app, &agent.model)?,
+        (None, None) => normalize_model(app, &app.config.chat.default_model)?,
+    };
+    let system_prompt = match system_prompt {
+        Some(given) => given,
+        None => agent.as_ref().and_then(|a| a.system_prompt.clone()),
+    };
     Ok(Conversation::insert(
         &mut conn,
         &NewConversation {
@@ -87,6 +147,10 @@ pub async fn create(
             title: title.as_deref(),
             system_prompt: system_prompt.as_deref(),
             model: &model,
+            agent_id: agent.as_ref().map(|a| a.id),
+            temperature: temperature.or(agent.as_ref().and_then(|a| a.temperature)),
+            max_output_tokens: max_output_tokens
+                .or(agent.as_ref().and_then(|a| a.max_output_tokens)),
         },
     )
     .await?)
@@ -108,7 +172,9 @@ pub async fn update(
         && changes.system_prompt.is_none()
         && changes.model.is_none()
         && changes.pinned.is_none()
-        && changes.archived.is_none();
+        && changes.archived.is_none()
+        && changes.temperature.is_none()
+        && changes.max_output_tokens.is_none();
     if no_change {
         return Conversation::find(&mut conn, id)
             .await?

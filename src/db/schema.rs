@@ -3,6 +3,23 @@
 // search reads them, and core Diesel has no tsvector type.
 
 diesel::table! {
+    agents (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        avatar -> Text,
+        model -> Text,
+        system_prompt -> Nullable<Text>,
+        temperature -> Nullable<Float4>,
+        max_output_tokens -> Nullable<Int4>,
+        created_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     conversations (id) {
         id -> Uuid,
         workspace_id -> Uuid,
@@ -20,6 +37,9 @@ diesel::table! {
         last_seq -> Int4,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        agent_id -> Nullable<Uuid>,
+        temperature -> Nullable<Float4>,
+        max_output_tokens -> Nullable<Int4>,
     }
 }
 
@@ -200,6 +220,9 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(agents -> users (created_by));
+diesel::joinable!(agents -> workspaces (workspace_id));
+diesel::joinable!(conversations -> agents (agent_id));
 diesel::joinable!(conversations -> users (created_by));
 diesel::joinable!(conversations -> workspaces (workspace_id));
 diesel::joinable!(messages -> conversations (conversation_id));
@@ -214,6 +237,7 @@ diesel::joinable!(workspace_quotas -> workspaces (workspace_id));
 diesel::joinable!(workspaces -> users (created_by));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    agents,
     conversations,
     instances,
     jobs,

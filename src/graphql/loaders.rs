@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_graphql::dataloader::Loader;
 use uuid::Uuid;
 
+use crate::agents::model::Agent;
 use crate::conversations::model::{Conversation, Message};
 use crate::db::DbPool;
 use crate::users::model::User;
@@ -125,6 +126,25 @@ impl Loader<Uuid> for ConversationLoader {
             .await
             .map_err(|e| Arc::new(e.into()))?;
         Ok(rows.into_iter().map(|c| (c.id, c)).collect())
+    }
+}
+
+/// Agents by id. Callers reach them through an already authorised conversation of the same
+/// workspace.
+pub struct AgentLoader {
+    pub db: DbPool,
+}
+
+impl Loader<Uuid> for AgentLoader {
+    type Value = Agent;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Self::Error> {
+        let mut conn = self.db.get().await.map_err(|e| Arc::new(e.into()))?;
+        let rows = Agent::find_many(&mut conn, keys)
+            .await
+            .map_err(|e| Arc::new(e.into()))?;
+        Ok(rows.into_iter().map(|a| (a.id, a)).collect())
     }
 }
 

@@ -15,6 +15,7 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, ID, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use uuid::Uuid;
 
+use crate::agents::graphql::{AgentsMutation, AgentsQuery};
 use crate::app::App;
 use crate::auth::graphql::AuthMutation;
 use crate::config::GraphqlLimits;
@@ -33,6 +34,7 @@ pub struct Query(
     UsersQuery,
     WorkspacesQuery,
     ConversationsQuery,
+    AgentsQuery,
     LlmQuery,
     UsageQuery,
 );
@@ -43,6 +45,7 @@ pub struct Mutation(
     UsersMutation,
     WorkspacesMutation,
     ConversationsMutation,
+    AgentsMutation,
     StreamingMutation,
     LlmMutation,
     UsageMutation,
@@ -102,6 +105,10 @@ pub fn build_schema(app: Arc<App>) -> AppSchema {
         ))
         .data(DataLoader::new(
             loaders::SiblingsLoader { db: db() },
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            loaders::AgentLoader { db: db() },
             tokio::spawn,
         ))
         .data(app)

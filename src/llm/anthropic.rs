@@ -50,7 +50,7 @@ impl WireFormat for AnthropicWire {
             body["system"] = json!(system);
         }
         if let Some(t) = request.temperature {
-            body["temperature"] = json!(t);
+            body["temperature"] = json!(crate::llm::decimal_f64(t));
         }
         if !request.stop.is_empty() {
             body["stop_sequences"] = json!(request.stop);

@@ -21,7 +21,7 @@ impl WireFormat for GeminiWire {
         let (system, turns) = system_and_turns(&request.messages);
         let mut generation = json!({ "maxOutputTokens": request.max_output_tokens });
         if let Some(t) = request.temperature {
-            generation["temperature"] = json!(t);
+            generation["temperature"] = json!(crate::llm::decimal_f64(t));
         }
         if !request.stop.is_empty() {
             generation["stopSequences"] = json!(request.stop);

@@ -59,6 +59,12 @@ impl ChatMessage {
     }
 }
 
+/// A stored `f32` setting (a temperature) as the `f64` with the same shortest decimal form,
+/// so 0.7 reaches JSON as 0.7 rather than 0.699999988079071.
+pub fn decimal_f64(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
+}
+
 /// One generation request, in provider-neutral form.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {

@@ -52,7 +52,7 @@ impl WireFormat for OpenAiWire {
             "max_tokens": request.max_output_tokens,
         });
         if let Some(t) = request.temperature {
-            body["temperature"] = json!(t);
+            body["temperature"] = json!(crate::llm::decimal_f64(t));
         }
         if !request.stop.is_empty() {
             body["stop"] = json!(request.stop);

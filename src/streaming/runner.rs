@@ -293,7 +293,8 @@ async fn generate(
     let spec = resolved.spec;
     let tokenizer = app.providers.catalog().tokenizer(&spec);
     let branch = branch_messages(&path, g.message_id);
-    let max_output = spec.max_output_tokens;
+    // The conversation's own cap (copied from its agent, or set directly) when it is lower.
+    let max_output = conversation.output_limit(spec.max_output_tokens);
     let built = match context::build(
         conversation.system_prompt.as_deref(),
         &branch,
@@ -316,7 +317,7 @@ async fn generate(
     let request = ChatRequest {
         model: spec.upstream.clone(),
         messages: built.messages,
-        temperature: None,
+        temperature: conversation.temperature,
         max_output_tokens: max_output,
         stop: Vec::new(),
     };

@@ -127,7 +127,7 @@ async fn admit(
                 message_id: assistant.id,
                 model: spec.id.clone(),
                 estimated_prompt_tokens: prompt_tokens,
-                max_output_tokens: spec.max_output_tokens,
+                max_output_tokens: conversation.output_limit(spec.max_output_tokens),
             },
         )
         .await

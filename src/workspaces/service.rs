@@ -17,7 +17,7 @@ pub fn normalize_name(raw: &str) -> AppResult<String> {
     validate::single_line("name", raw, 1, 100)
 }
 
-/// Creates a workspace with the viewer as OWNER and the default quota.
+/// Creates a workspace with the viewer as OWNER, the default quota and the example agents.
 pub async fn create(app: &App, viewer: &Viewer, name: &str) -> AppResult<(Workspace, Role)> {
     let name = normalize_name(name)?;
     let defaults = app.config.quota.clone();
@@ -25,7 +25,9 @@ pub async fn create(app: &App, viewer: &Viewer, name: &str) -> AppResult<(Worksp
     let mut conn = app.db.get().await?;
     let workspace = conn
         .transaction::<_, AppError, _>(async |conn| {
-            Ok(Workspace::create(conn, &name, false, owner, &defaults).await?)
+            let workspace = Workspace::create(conn, &name, false, owner, &defaults).await?;
+            crate::agents::examples::add(conn, app, workspace.id).await?;
+            Ok(workspace)
         })
         .await?;
     Ok((workspace, Role::Owner))

@@ -3,6 +3,7 @@
 mod common;
 
 mod accounts;
+mod agents;
 mod conversations;
 mod fake_upstream;
 mod instances;
