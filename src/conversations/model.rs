@@ -85,6 +85,8 @@ pub struct Message {
     pub runner_instance: Option<Uuid>,
     /// How many deltas `content` holds (written together with it).
     pub content_seq: i32,
+    /// When the first token of a generated answer arrived.
+    pub first_token_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Insertable)]
@@ -326,7 +328,13 @@ impl Conversation {
 /// Columns of `messages` in `Message` order, for raw-SQL queries returning messages.
 pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, parent_id, seq, depth, role, content, \
     status, model, prompt_tokens, completion_tokens, cost_micro_usd, error, created_by, \
-    created_at, updated_at, completed_at, client_message_id, runner_instance, content_seq";
+    created_at, updated_at, completed_at, client_message_id, runner_instance, content_seq, \
+    first_token_at";
+
+define_sql_function! {
+    /// The first of its arguments that is not null.
+    fn coalesce(x: Nullable<Timestamptz>, y: Nullable<Timestamptz>) -> Nullable<Timestamptz>;
+}
 
 #[derive(QueryableByName)]
 struct IdRow {
@@ -471,12 +479,14 @@ impl Message {
         id: Uuid,
         content: &str,
         content_seq: i32,
+        first_token_at: Option<DateTime<Utc>>,
     ) -> QueryResult<Option<bool>> {
         diesel::update(messages::table.find(id))
             .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
             .set((
                 messages::content.eq(content),
                 messages::content_seq.eq(content_seq),
+                messages::first_token_at.eq(coalesce(messages::first_token_at, first_token_at)),
                 messages::updated_at.eq(diesel::dsl::now),
             ))
             .returning(messages::stop_requested)
@@ -517,8 +527,9 @@ impl Message {
 
     /// Writes the final state of a generation, once: a message already finished (say,
     /// cancelled by another path, or reaped) is left alone. `content_seq` is the number of
-    /// deltas `content` holds. Refreshes the conversation's preview when the message is its
-    /// active leaf. Returns whether this call finished it.
+    /// deltas `content` holds; `first_token_at` is kept when already written (None never
+    /// erases it). Refreshes the conversation's preview when the message is its active leaf.
+    /// Returns whether this call finished it.
     #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         conn: &mut AsyncPgConnection,
@@ -526,6 +537,7 @@ impl Message {
         status: &str,
         content: &str,
         content_seq: i32,
+        first_token_at: Option<DateTime<Utc>>,
         prompt_tokens: Option<i32>,
         completion_tokens: Option<i32>,
         cost_micro_usd: Option<i64>,
@@ -537,6 +549,7 @@ impl Message {
                 messages::status.eq(status),
                 messages::content.eq(content),
                 messages::content_seq.eq(content_seq),
+                messages::first_token_at.eq(coalesce(messages::first_token_at, first_token_at)),
                 messages::prompt_tokens.eq(prompt_tokens),
                 messages::completion_tokens.eq(completion_tokens),
                 messages::cost_micro_usd.eq(cost_micro_usd),

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::auth::graphql::AuthMutation;
+use crate::compare::graphql::{CompareMutation, CompareQuery};
 use crate::config::GraphqlLimits;
 use crate::conversations::graphql::{ConversationsMutation, ConversationsQuery};
 use crate::db::DbConn;
@@ -35,6 +36,7 @@ pub struct Query(
     ConversationsQuery,
     LlmQuery,
     UsageQuery,
+    CompareQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -46,6 +48,7 @@ pub struct Mutation(
     StreamingMutation,
     LlmMutation,
     UsageMutation,
+    CompareMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -102,6 +105,10 @@ pub fn build_schema(app: Arc<App>) -> AppSchema {
         ))
         .data(DataLoader::new(
             loaders::SiblingsLoader { db: db() },
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            loaders::VotesLoader { db: db() },
             tokio::spawn,
         ))
         .data(app)

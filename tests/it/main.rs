@@ -3,6 +3,7 @@
 mod common;
 
 mod accounts;
+mod compare;
 mod conversations;
 mod fake_upstream;
 mod instances;
