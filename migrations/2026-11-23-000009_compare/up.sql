@@ -1,7 +1,8 @@
 -- N-way compare: one user message answered by several models side by side, a judge's
 -- summary and ranking of the answers, votes on answers, and the leaderboard built from both.
 
--- When an answer's first token arrived (latency to first token = first_token_at - created_at).
+-- When an answer's first token arrived, by the database's clock like created_at (latency to
+-- first token = first_token_at - created_at).
 ALTER TABLE messages ADD COLUMN first_token_at timestamptz;
 
 -- One per compared user message. `status`: PENDING while answers are generated, JUDGING once

@@ -182,8 +182,8 @@ impl Outcome {
 
 async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReason>) {
     // When the first token arrived: written with the flushes and the end.
-    let mut first_token_at = None;
-    let outcome = generate(app, g, &mut stop, &mut first_token_at).await;
+    let mut first_token = None;
+    let outcome = generate(app, g, &mut stop, &mut first_token).await;
     crate::metrics::generation_ended(&g.model, outcome.status);
     let cost = match (&outcome.usage, app.providers.model(&g.model)) {
         (Some(u), Some(spec)) => Some(spec.cost_micro_usd(u.prompt_tokens, u.completion_tokens)),
@@ -202,7 +202,7 @@ async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReaso
                     outcome.status,
                     &outcome.content,
                     outcome.seq as i32,
-                    first_token_at,
+                    first_token.map(|at: tokio::time::Instant| at.elapsed()),
                     outcome.usage.map(|u| u.prompt_tokens as i32),
                     outcome.usage.map(|u| u.completion_tokens as i32),
                     cost,
@@ -274,7 +274,7 @@ async fn generate(
     app: &Arc<App>,
     g: &Generation,
     stop: &mut watch::Receiver<StopReason>,
-    first_token_at: &mut Option<chrono::DateTime<chrono::Utc>>,
+    first_token: &mut Option<tokio::time::Instant>,
 ) -> Outcome {
     let prepared = async {
         let mut conn = app.db.get().await?;
@@ -376,7 +376,7 @@ async fn generate(
                     let write = async {
                         let mut conn = app.db.get().await?;
                         Ok::<_, crate::error::AppError>(
-                            Message::flush_content(&mut conn, g.message_id, &content, seq as i32, *first_token_at).await?,
+                            Message::flush_content(&mut conn, g.message_id, &content, seq as i32, first_token.map(|at| at.elapsed())).await?,
                         )
                     };
                     let written = write.await;
@@ -415,7 +415,7 @@ async fn generate(
             item = stream.next() => match item {
                 Some(Ok(Chunk::Text(text))) => {
                     if seq == 0 {
-                        *first_token_at = Some(chrono::Utc::now());
+                        *first_token = Some(tokio::time::Instant::now());
                     }
                     seq += 1;
                     content.push_str(&text);
