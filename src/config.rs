@@ -43,6 +43,8 @@ pub struct ChatConfig {
     pub context_max_messages: usize,
     /// The model that writes conversation titles; None: the conversation's own.
     pub title_model: Option<String>,
+    /// The model that judges comparisons; None: the conversation's own.
+    pub compare_judge_model: Option<String>,
     /// How long the hub keeps a finished generation's deltas for late subscribers.
     pub hub_retention: Duration,
     /// Most deltas the hub keeps per generation for replay.
@@ -433,6 +435,7 @@ impl Config {
                 default_model: env.string("DEFAULT_MODEL", "local/echo"),
                 context_max_messages: env.parse("CONTEXT_MAX_MESSAGES", "50")?,
                 title_model: env.get("TITLE_MODEL").filter(|m| !m.is_empty()),
+                compare_judge_model: env.get("COMPARE_JUDGE_MODEL").filter(|m| !m.is_empty()),
                 hub_retention: Duration::from_secs(env.parse("HUB_RETENTION_SECS", "300")?),
                 hub_replay_max_events: env.parse("HUB_REPLAY_MAX_EVENTS", "20000")?,
             },
@@ -527,6 +530,11 @@ impl Config {
             && self.llm.catalog.model(title_model).is_none()
         {
             bail!("TITLE_MODEL `{title_model}` is not in the model catalog");
+        }
+        if let Some(judge) = &self.chat.compare_judge_model
+            && self.llm.catalog.model(judge).is_none()
+        {
+            bail!("COMPARE_JUDGE_MODEL `{judge}` is not in the model catalog");
         }
         if self.chat.context_max_messages == 0 {
             bail!("CONTEXT_MAX_MESSAGES must be at least 1");

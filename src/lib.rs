@@ -11,6 +11,7 @@
 //! - `llm`: providers, wire formats, model catalog, tokens, context, provider keys
 //! - `ratelimit`: brute-force limits
 //! - `streaming`: send path, generation runner, event hub, jobs, subscriptions
+//! - `compare`: N-way compare (one message, several models), judging, votes, leaderboard
 //! - `usage`: quota reservation and settlement, the usage ledger and report
 //! - `mail`: outgoing mail
 //! - `metrics`: the Prometheus recorder, `/metrics`, and one-line helpers for call sites
@@ -19,6 +20,7 @@
 pub mod agents;
 pub mod app;
 pub mod auth;
+pub mod compare;
 pub mod config;
 pub mod conversations;
 pub mod db;

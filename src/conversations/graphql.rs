@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::agents::graphql::AgentNode;
 use crate::auth::viewer;
+use crate::compare::graphql::Vote;
 use crate::conversations::model::{
     self, Conversation, ConversationChanges, ListFilter, ListPosition, Message,
 };
@@ -16,7 +17,8 @@ use crate::conversations::service::{
 };
 use crate::error::AppError;
 use crate::graphql::loaders::{
-    AgentLoader, ConversationLoader, SiblingKey, SiblingsLoader, UserLoader, WorkspaceLoader,
+    AgentLoader, ConversationLoader, SiblingKey, SiblingsLoader, UserLoader, VoteKey, VoteTally,
+    VotesLoader, WorkspaceLoader,
 };
 use crate::graphql::pagination::{decode, encode, page_size};
 use crate::graphql::{app, conn, loader, parse_id};
@@ -187,6 +189,20 @@ pub enum MessageStatus {
 #[derive(Debug, Clone)]
 pub struct MessageNode(pub Message);
 
+impl MessageNode {
+    async fn votes(&self, ctx: &Context<'_>) -> async_graphql::Result<VoteTally> {
+        let viewer = viewer(ctx)?;
+        Ok(loader::<VotesLoader>(ctx)?
+            .load_one(VoteKey {
+                message_id: self.0.id,
+                viewer: viewer.user_id,
+            })
+            .await
+            .map_err(|e| AppError::internal(anyhow::anyhow!("loading votes: {e}")))?
+            .unwrap_or_default())
+    }
+}
+
 #[Object(name = "Message")]
 impl MessageNode {
     async fn id(&self) -> ID {
@@ -270,6 +286,31 @@ impl MessageNode {
 
     async fn completed_at(&self) -> Option<DateTime<Utc>> {
         self.0.completed_at
+    }
+
+    /// When the answer's first token arrived; null for other messages.
+    async fn first_token_at(&self) -> Option<DateTime<Utc>> {
+        self.0.first_token_at
+    }
+
+    /// The viewer's vote on this answer (`rateMessage`).
+    async fn viewer_vote(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Vote>> {
+        Ok(self
+            .votes(ctx)
+            .await?
+            .mine
+            .as_deref()
+            .and_then(Vote::from_db))
+    }
+
+    /// UP votes on this answer, from every member.
+    async fn votes_up(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
+        Ok(self.votes(ctx).await?.up)
+    }
+
+    /// DOWN votes on this answer, from every member.
+    async fn votes_down(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
+        Ok(self.votes(ctx).await?.down)
     }
 
     /// Messages with the same parent, this one included, oldest first.

@@ -107,6 +107,8 @@ pub struct Message {
     pub runner_instance: Option<Uuid>,
     /// How many deltas `content` holds (written together with it).
     pub content_seq: i32,
+    /// When the first token of a generated answer arrived.
+    pub first_token_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Insertable)]
@@ -348,7 +350,28 @@ impl Conversation {
 /// Columns of `messages` in `Message` order, for raw-SQL queries returning messages.
 pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, parent_id, seq, depth, role, content, \
     status, model, prompt_tokens, completion_tokens, cost_micro_usd, error, created_by, \
-    created_at, updated_at, completed_at, client_message_id, runner_instance, content_seq";
+    created_at, updated_at, completed_at, client_message_id, runner_instance, content_seq, \
+    first_token_at";
+
+define_sql_function! {
+    /// The first of its arguments that is not null.
+    fn coalesce(x: Nullable<Timestamptz>, y: Nullable<Timestamptz>) -> Nullable<Timestamptz>;
+}
+
+/// The new `first_token_at` of a generation whose first token arrived `age` ago (None: not
+/// yet): by the database's clock, like `created_at` and `completed_at`, so latencies never
+/// mix two machines' clocks. Once written it stays. (A macro: the expression's type is
+/// Diesel's to name.)
+macro_rules! first_token_at {
+    ($age:expr) => {
+        coalesce(
+            messages::first_token_at,
+            sql::<Nullable<Timestamptz>>("now() - make_interval(secs => ")
+                .bind::<Nullable<Float8>, _>($age.map(|a: std::time::Duration| a.as_secs_f64()))
+                .sql(")"),
+        )
+    };
+}
 
 #[derive(QueryableByName)]
 struct IdRow {
@@ -493,12 +516,14 @@ impl Message {
         id: Uuid,
         content: &str,
         content_seq: i32,
+        first_token_age: Option<std::time::Duration>,
     ) -> QueryResult<Option<bool>> {
         diesel::update(messages::table.find(id))
             .filter(messages::status.eq_any(["PENDING", "STREAMING"]))
             .set((
                 messages::content.eq(content),
                 messages::content_seq.eq(content_seq),
+                messages::first_token_at.eq(first_token_at!(first_token_age)),
                 messages::updated_at.eq(diesel::dsl::now),
             ))
             .returning(messages::stop_requested)
@@ -539,8 +564,9 @@ impl Message {
 
     /// Writes the final state of a generation, once: a message already finished (say,
     /// cancelled by another path, or reaped) is left alone. `content_seq` is the number of
-    /// deltas `content` holds. Refreshes the conversation's preview when the message is its
-    /// active leaf. Returns whether this call finished it.
+    /// deltas `content` holds; `first_token_age`, how long ago its first token arrived (see
+    /// `first_token_at`). Refreshes the conversation's preview when the message is its active
+    /// leaf. Returns whether this call finished it.
     #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         conn: &mut AsyncPgConnection,
@@ -548,6 +574,7 @@ impl Message {
         status: &str,
         content: &str,
         content_seq: i32,
+        first_token_age: Option<std::time::Duration>,
         prompt_tokens: Option<i32>,
         completion_tokens: Option<i32>,
         cost_micro_usd: Option<i64>,
@@ -559,6 +586,7 @@ impl Message {
                 messages::status.eq(status),
                 messages::content.eq(content),
                 messages::content_seq.eq(content_seq),
+                messages::first_token_at.eq(first_token_at!(first_token_age)),
                 messages::prompt_tokens.eq(prompt_tokens),
                 messages::completion_tokens.eq(completion_tokens),
                 messages::cost_micro_usd.eq(cost_micro_usd),

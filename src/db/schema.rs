@@ -66,6 +66,44 @@ diesel::table! {
         runner_instance -> Nullable<Uuid>,
         content_seq -> Int4,
         stop_requested -> Bool,
+        first_token_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    comparisons (id) {
+        id -> Uuid,
+        user_message_id -> Uuid,
+        conversation_id -> Uuid,
+        workspace_id -> Uuid,
+        status -> Text,
+        judge_model -> Nullable<Text>,
+        judged_by -> Nullable<Text>,
+        judged_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    comparison_entries (comparison_id, position) {
+        comparison_id -> Uuid,
+        position -> Int4,
+        message_id -> Uuid,
+        model -> Text,
+        summary -> Nullable<Text>,
+        reasoning -> Nullable<Text>,
+        score -> Nullable<Float8>,
+        rank -> Nullable<Int4>,
+    }
+}
+
+diesel::table! {
+    message_votes (message_id, user_id) {
+        message_id -> Uuid,
+        user_id -> Uuid,
+        vote -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -223,9 +261,16 @@ diesel::table! {
 diesel::joinable!(agents -> users (created_by));
 diesel::joinable!(agents -> workspaces (workspace_id));
 diesel::joinable!(conversations -> agents (agent_id));
+diesel::joinable!(comparison_entries -> comparisons (comparison_id));
+diesel::joinable!(comparison_entries -> messages (message_id));
+diesel::joinable!(comparisons -> conversations (conversation_id));
+diesel::joinable!(comparisons -> messages (user_message_id));
+diesel::joinable!(comparisons -> workspaces (workspace_id));
 diesel::joinable!(conversations -> users (created_by));
 diesel::joinable!(conversations -> workspaces (workspace_id));
 diesel::joinable!(messages -> conversations (conversation_id));
+diesel::joinable!(message_votes -> messages (message_id));
+diesel::joinable!(message_votes -> users (user_id));
 diesel::joinable!(messages -> users (created_by));
 diesel::joinable!(password_reset_tokens -> users (user_id));
 diesel::joinable!(provider_keys -> workspaces (workspace_id));
@@ -238,9 +283,12 @@ diesel::joinable!(workspaces -> users (created_by));
 
 diesel::allow_tables_to_appear_in_same_query!(
     agents,
+    comparison_entries,
+    comparisons,
     conversations,
     instances,
     jobs,
+    message_votes,
     messages,
     password_reset_tokens,
     provider_keys,

@@ -9,6 +9,7 @@ use async_graphql::dataloader::Loader;
 use uuid::Uuid;
 
 use crate::agents::model::Agent;
+use crate::compare::model::Votes;
 use crate::conversations::model::{Conversation, Message};
 use crate::db::DbPool;
 use crate::users::model::User;
@@ -153,6 +154,55 @@ impl Loader<Uuid> for AgentLoader {
 pub struct SiblingKey {
     pub conversation_id: Uuid,
     pub parent_id: Option<Uuid>,
+}
+
+/// The votes on an answer, as one viewer sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VoteKey {
+    pub message_id: Uuid,
+    pub viewer: Uuid,
+}
+
+/// How many UP and DOWN votes an answer has, and the viewer's own.
+#[derive(Debug, Clone, Default)]
+pub struct VoteTally {
+    pub up: i64,
+    pub down: i64,
+    pub mine: Option<String>,
+}
+
+pub struct VotesLoader {
+    pub db: DbPool,
+}
+
+impl Loader<VoteKey> for VotesLoader {
+    type Value = VoteTally;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[VoteKey]) -> Result<HashMap<VoteKey, Self::Value>, Self::Error> {
+        let mut conn = self.db.get().await.map_err(|e| Arc::new(e.into()))?;
+        let ids: Vec<Uuid> = keys.iter().map(|k| k.message_id).collect();
+        let votes = Votes::on(&mut conn, &ids)
+            .await
+            .map_err(|e| Arc::new(e.into()))?;
+        let mut out: HashMap<VoteKey, Self::Value> =
+            keys.iter().map(|k| (*k, VoteTally::default())).collect();
+        for key in keys {
+            let Some(tally) = out.get_mut(key) else {
+                continue;
+            };
+            for vote in votes.iter().filter(|v| v.message_id == key.message_id) {
+                match vote.vote.as_str() {
+                    "UP" => tally.up += 1,
+                    _ => tally.down += 1,
+                }
+                if vote.user_id == key.viewer {
+                    tally.mine = Some(vote.vote.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 pub struct SiblingsLoader {

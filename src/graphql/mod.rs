@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::agents::graphql::{AgentsMutation, AgentsQuery};
 use crate::app::App;
 use crate::auth::graphql::AuthMutation;
+use crate::compare::graphql::{CompareMutation, CompareQuery};
 use crate::config::GraphqlLimits;
 use crate::conversations::graphql::{ConversationsMutation, ConversationsQuery};
 use crate::db::DbConn;
@@ -37,6 +38,7 @@ pub struct Query(
     AgentsQuery,
     LlmQuery,
     UsageQuery,
+    CompareQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -49,6 +51,7 @@ pub struct Mutation(
     StreamingMutation,
     LlmMutation,
     UsageMutation,
+    CompareMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -109,6 +112,10 @@ pub fn build_schema(app: Arc<App>) -> AppSchema {
         ))
         .data(DataLoader::new(
             loaders::AgentLoader { db: db() },
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            loaders::VotesLoader { db: db() },
             tokio::spawn,
         ))
         .data(app)

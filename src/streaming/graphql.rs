@@ -1,5 +1,6 @@
-//! `sendMessage`, `regenerateMessage`, `editMessage`, `stopGeneration`, and the
-//! `messageStream` and `conversationEvents` subscriptions.
+//! `sendMessage` (one answer, or one per model of a comparison), `regenerateMessage`,
+//! `editMessage`, `stopGeneration`, and the `messageStream` and `conversationEvents`
+//! subscriptions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::auth::viewer;
+use crate::compare::graphql::ComparisonNode;
+use crate::compare::service::CompareInput;
 use crate::conversations::graphql::{ConversationNode, MessageNode};
 use crate::conversations::model::{Conversation, Message};
 use crate::conversations::service::require_conversation;
@@ -26,6 +29,10 @@ pub struct SendMessageInput {
     pub content: String,
     /// Switches the conversation to this model.
     pub model: Option<String>,
+    /// Compare: 2 to 6 distinct models, each answering the message concurrently in an
+    /// answer of its own (siblings under the user message; the active branch follows the
+    /// first). The conversation's model stays. Not with `model`.
+    pub models: Option<Vec<ID>>,
     /// Reply under this message instead of the active branch's newest.
     pub parent_id: Option<ID>,
     /// An idempotency key: sending again with the same key returns the first result and
@@ -50,15 +57,21 @@ pub struct EditMessageInput {
 #[derive(SimpleObject)]
 pub struct SendMessagePayload {
     pub user_message: MessageNode,
-    /// STREAMING; follow it with `messageStream`.
+    /// STREAMING; follow it with `messageStream`. In a comparison, the first model's answer.
     pub assistant_message: MessageNode,
+    /// Every answer started: this one, or one per model of a comparison, in the order of
+    /// `models`.
+    pub assistant_messages: Vec<MessageNode>,
 }
 
 impl From<service::Sent> for SendMessagePayload {
     fn from(sent: service::Sent) -> Self {
+        let assistant_messages: Vec<MessageNode> =
+            sent.assistants.into_iter().map(MessageNode).collect();
         SendMessagePayload {
             user_message: MessageNode(sent.user),
-            assistant_message: MessageNode(sent.assistant),
+            assistant_message: assistant_messages[0].clone(),
+            assistant_messages,
         }
     }
 }
@@ -68,8 +81,9 @@ pub struct StreamingMutation;
 
 #[Object]
 impl StreamingMutation {
-    /// Sends a user message and starts the assistant's answer. Returns at once; the answer
-    /// streams on `messageStream` and `conversationEvents`.
+    /// Sends a user message and starts the assistant's answer (with `models`: one answer
+    /// per model, compared once they have all ended). Returns at once; the answers stream on
+    /// `messageStream` and `conversationEvents`.
     async fn send_message(
         &self,
         ctx: &Context<'_>,
@@ -81,6 +95,27 @@ impl StreamingMutation {
             .as_ref()
             .map(|id| parse_id("parentId", id))
             .transpose()?;
+        if let Some(models) = &input.models {
+            if input.model.is_some() {
+                return Err(
+                    AppError::bad_input("models", "give either model or models, not both").into(),
+                );
+            }
+            let models: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
+            let sent = crate::compare::service::send(
+                app(ctx)?,
+                viewer(ctx)?,
+                CompareInput {
+                    conversation_id,
+                    content: &input.content,
+                    models: &models,
+                    parent_id,
+                    client_message_id: input.client_message_id.as_deref(),
+                },
+            )
+            .await?;
+            return Ok(sent.into());
+        }
         let sent = service::send(
             app(ctx)?,
             viewer(ctx)?,
@@ -162,6 +197,14 @@ pub struct ConversationUpdated {
     pub conversation: ConversationNode,
 }
 
+/// Every answer of a comparison has ended and the comparison has been judged.
+#[derive(SimpleObject)]
+pub struct ComparisonReady {
+    // Boxed, as `MessageFinished.message`: a whole comparison next to the small deltas.
+    /// The comparison, READY, with every entry's results.
+    pub comparison: Box<ComparisonNode>,
+}
+
 #[derive(Union)]
 pub enum MessageStreamEvent {
     MessageDelta(MessageDelta),
@@ -174,6 +217,7 @@ pub enum ConversationEvent {
     MessageDelta(MessageDelta),
     MessageFinished(MessageFinished),
     ConversationUpdated(ConversationUpdated),
+    ComparisonReady(ComparisonReady),
 }
 
 async fn load_message(app: &App, id: Uuid) -> AppResult<Option<Message>> {
@@ -343,7 +387,8 @@ impl StreamingSubscription {
     }
 
     /// Everything that happens in a conversation: new messages, deltas of every answer,
-    /// finished answers, and updates of the conversation itself (a new title).
+    /// finished answers, updates of the conversation itself (a new title), and judged
+    /// comparisons.
     async fn conversation_events(
         &self,
         ctx: &Context<'_>,
@@ -403,6 +448,18 @@ impl StreamingSubscription {
                                 .map(|c| {
                                     ConversationEvent::ConversationUpdated(ConversationUpdated {
                                         conversation: ConversationNode(c),
+                                    })
+                                })
+                        }
+                        HubEvent::ComparisonReady { user_message_id } => {
+                            let mut conn = app.db.get().await.ok()?;
+                            crate::compare::service::load(&mut conn, user_message_id)
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(|c| {
+                                    ConversationEvent::ComparisonReady(ComparisonReady {
+                                        comparison: Box::new(ComparisonNode(c)),
                                     })
                                 })
                         }

@@ -51,6 +51,10 @@ pub enum ConversationEvent {
         message_id: Uuid,
     },
     ConversationUpdated,
+    /// The comparison of the answers to this user message has been judged.
+    ComparisonReady {
+        user_message_id: Uuid,
+    },
     /// Events from other processes stopped arriving (Redis went away): the subscriber
     /// re-reads the conversation and subscribes again.
     Interrupted,

@@ -303,6 +303,7 @@ pub(crate) async fn close_orphan(app: &App, conn: &mut AsyncPgConnection, messag
     if let Some(workspace_id) = workspace {
         app.hub.publish_quota(workspace_id).await;
     }
+    crate::compare::service::answer_ended(app, message.id).await;
 }
 
 /// Settles the message's reservation to its partial text. Returns the workspace whose quota

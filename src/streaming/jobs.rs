@@ -1,13 +1,14 @@
 //! Durable background jobs in Postgres: claimed with `FOR UPDATE SKIP LOCKED` under a lease,
 //! retried with exponential backoff, surviving restarts (a lapsed lease is claimed again).
-//! One kind so far: a conversation's title after its first reply.
+//! Kinds: a conversation's title after its first reply (`TITLE`), and the judging of a
+//! comparison once its last answer ended (`COMPARE_JUDGE`, in `compare::judge`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -20,6 +21,7 @@ use crate::llm::{ChatMessage, ChatRequest, ChatRole, collect};
 use crate::streaming::hub::ConversationEvent;
 
 pub const TITLE: &str = "conversation_title";
+pub const COMPARE_JUDGE: &str = "compare_judge";
 /// How long a claimed job is held before another worker may take it.
 const LEASE: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(500);
@@ -61,6 +63,29 @@ pub async fn enqueue_title(app: &App, conversation_id: Uuid) -> AppResult<()> {
         .await?;
     app.jobs_wakeup.notify_one();
     Ok(())
+}
+
+/// Queues a job in the caller's transaction (so it exists exactly when what it follows was
+/// committed); one pending job per `(kind, dedupe_key)`. The caller wakes the worker
+/// (`App::jobs_wakeup`) after its commit.
+pub async fn enqueue(
+    conn: &mut AsyncPgConnection,
+    kind: &str,
+    dedupe_key: &str,
+    payload: serde_json::Value,
+) -> QueryResult<()> {
+    diesel::insert_into(jobs::table)
+        .values((
+            jobs::id.eq(Uuid::now_v7()),
+            jobs::kind.eq(kind),
+            jobs::dedupe_key.eq(dedupe_key),
+            jobs::payload.eq(payload),
+            jobs::max_attempts.eq(MAX_ATTEMPTS),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// Claims the next due job, leasing it.
@@ -138,6 +163,7 @@ pub async fn worker(app: Arc<App>) {
                 async {
                     let result = match job.kind.as_str() {
                         TITLE => title(&app, &job).await,
+                        COMPARE_JUDGE => crate::compare::judge::run(&app, &job).await,
                         other => Err(format!("unknown job kind {other}")),
                     };
                     if let Err(err) = complete(&app, &job, result).await {

@@ -106,10 +106,22 @@ struct Wire {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "lowercase")]
 enum WireEvent {
-    Created { m: Uuid },
-    Delta { m: Uuid, s: u32, x: String },
-    Finished { m: Uuid },
+    Created {
+        m: Uuid,
+    },
+    Delta {
+        m: Uuid,
+        s: u32,
+        x: String,
+    },
+    Finished {
+        m: Uuid,
+    },
     Updated,
+    /// A comparison judged; `m` is its user message.
+    Comparison {
+        m: Uuid,
+    },
 }
 
 impl WireEvent {
@@ -131,6 +143,9 @@ impl WireEvent {
                 WireEvent::Finished { m: *message_id }
             }
             ConversationEvent::ConversationUpdated => WireEvent::Updated,
+            ConversationEvent::ComparisonReady { user_message_id } => WireEvent::Comparison {
+                m: *user_message_id,
+            },
             ConversationEvent::Interrupted => return None,
         })
     }
@@ -145,6 +160,9 @@ impl WireEvent {
             },
             WireEvent::Finished { m } => ConversationEvent::MessageFinished { message_id: m },
             WireEvent::Updated => ConversationEvent::ConversationUpdated,
+            WireEvent::Comparison { m } => {
+                ConversationEvent::ComparisonReady { user_message_id: m }
+            }
         }
     }
 }
@@ -963,6 +981,13 @@ mod tests {
         assert_eq!(
             within(feed.next()).await,
             Some(ConversationEvent::MessageFinished { message_id: m })
+        );
+        let u = Uuid::new_v4();
+        a.publish_conversation(c, ConversationEvent::ComparisonReady { user_message_id: u })
+            .await;
+        assert_eq!(
+            within(feed.next()).await,
+            Some(ConversationEvent::ComparisonReady { user_message_id: u })
         );
     }
 

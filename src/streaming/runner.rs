@@ -136,6 +136,7 @@ async fn abandon(app: &App, g: &Generation) {
             None,
             None,
             None,
+            None,
             Some("internal error during the generation"),
         )
         .await?;
@@ -149,6 +150,7 @@ async fn abandon(app: &App, g: &Generation) {
         .finish_generation(g.message_id, g.conversation_id)
         .await;
     app.admission.settle(&g.admitted, Used::default()).await;
+    crate::compare::service::answer_ended(app, g.message_id).await;
 }
 
 /// How a generation ended.
@@ -179,7 +181,9 @@ impl Outcome {
 }
 
 async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReason>) {
-    let outcome = generate(app, g, &mut stop).await;
+    // When the first token arrived: written with the flushes and the end.
+    let mut first_token = None;
+    let outcome = generate(app, g, &mut stop, &mut first_token).await;
     crate::metrics::generation_ended(&g.model, outcome.status);
     let cost = match (&outcome.usage, app.providers.model(&g.model)) {
         (Some(u), Some(spec)) => Some(spec.cost_micro_usd(u.prompt_tokens, u.completion_tokens)),
@@ -198,6 +202,7 @@ async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReaso
                     outcome.status,
                     &outcome.content,
                     outcome.seq as i32,
+                    first_token.map(|at: tokio::time::Instant| at.elapsed()),
                     outcome.usage.map(|u| u.prompt_tokens as i32),
                     outcome.usage.map(|u| u.completion_tokens as i32),
                     cost,
@@ -246,6 +251,8 @@ async fn run(app: &Arc<App>, g: &Generation, mut stop: watch::Receiver<StopReaso
     {
         tracing::warn!(?err, "cannot queue the title job");
     }
+    // The last answer of a comparison to end queues its judging.
+    crate::compare::service::answer_ended(app, g.message_id).await;
 }
 
 /// The branch up to the assistant message, as chat messages (empty ones left out).
@@ -267,6 +274,7 @@ async fn generate(
     app: &Arc<App>,
     g: &Generation,
     stop: &mut watch::Receiver<StopReason>,
+    first_token: &mut Option<tokio::time::Instant>,
 ) -> Outcome {
     let prepared = async {
         let mut conn = app.db.get().await?;
@@ -369,7 +377,7 @@ async fn generate(
                     let write = async {
                         let mut conn = app.db.get().await?;
                         Ok::<_, crate::error::AppError>(
-                            Message::flush_content(&mut conn, g.message_id, &content, seq as i32).await?,
+                            Message::flush_content(&mut conn, g.message_id, &content, seq as i32, first_token.map(|at| at.elapsed())).await?,
                         )
                     };
                     let written = write.await;
@@ -407,6 +415,9 @@ async fn generate(
             }
             item = stream.next() => match item {
                 Some(Ok(Chunk::Text(text))) => {
+                    if seq == 0 {
+                        *first_token = Some(tokio::time::Instant::now());
+                    }
                     seq += 1;
                     content.push_str(&text);
                     dirty = true;

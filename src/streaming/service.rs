@@ -51,16 +51,26 @@ pub struct SendInput<'a> {
     pub client_message_id: Option<&'a str>,
 }
 
-/// The user message and the assistant message answering it.
+/// The user message and the assistant messages answering it: one, or one per model of a
+/// comparison (`compare`), in the request's order.
 pub struct Sent {
     pub user: Message,
-    pub assistant: Message,
+    pub assistants: Vec<Message>,
+}
+
+impl Sent {
+    fn one(user: Message, assistant: Message) -> Sent {
+        Sent {
+            user,
+            assistants: vec![assistant],
+        }
+    }
 }
 
 /// Our count of the prompt a generation under `parent` (plus `new_content`, when the user
 /// message is not stored yet) will send: the context the runner will build. A message too
 /// long for the model is BAD_USER_INPUT here, before anything is stored.
-async fn estimate_prompt(
+pub(crate) async fn estimate_prompt(
     app: &App,
     conn: &mut AsyncPgConnection,
     conversation: &Conversation,
@@ -108,7 +118,7 @@ async fn estimate_prompt(
 }
 
 /// Reserves quota for the assistant message, in the caller's transaction.
-async fn admit(
+pub(crate) async fn admit(
     app: &App,
     conn: &mut AsyncPgConnection,
     viewer: &Viewer,
@@ -135,7 +145,7 @@ async fn admit(
 
 /// After the messages are committed: the hub learns of the generation, subscribers hear of
 /// the new messages and the changed quota, and the runner starts.
-async fn launch(
+pub(crate) async fn launch(
     app: &Arc<App>,
     conversation: &Conversation,
     created: &[&Message],
@@ -169,7 +179,7 @@ async fn launch(
 
 /// The assistant message of a generation this process will run: it records the process, so
 /// the others can tell it from an orphan (`streaming::instances`).
-fn assistant_insert<'a>(
+pub(crate) fn assistant_insert<'a>(
     app: &App,
     conversation_id: Uuid,
     parent: Uuid,
@@ -188,8 +198,9 @@ fn assistant_insert<'a>(
     }
 }
 
-/// An earlier send with the same key: its messages, starting nothing.
-async fn replay(
+/// An earlier send with the same key: its messages (every answer of a comparison), starting
+/// nothing.
+pub(crate) async fn replay(
     conn: &mut AsyncPgConnection,
     conversation_id: Uuid,
     key: &str,
@@ -197,15 +208,22 @@ async fn replay(
     let Some(user) = Message::find_by_client_id(conn, conversation_id, key).await? else {
         return Ok(None);
     };
+    let compared = crate::compare::service::answers_of(conn, user.id).await?;
+    if !compared.is_empty() {
+        return Ok(Some(Sent {
+            user,
+            assistants: compared,
+        }));
+    }
     let assistant = Message::first_child(conn, user.id)
         .await?
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("idempotent send without a reply")))?;
-    Ok(Some(Sent { user, assistant }))
+    Ok(Some(Sent::one(user, assistant)))
 }
 
 /// Where a new user message goes.
 #[derive(Clone, Copy)]
-enum Parent {
+pub(crate) enum Parent {
     /// After the newest message of the active branch, as it is when the turn is stored.
     Active,
     /// Under this message (None: a new root).
@@ -228,18 +246,7 @@ async fn insert_turn(
     switch_model: bool,
 ) -> AppResult<(Sent, Admitted)> {
     conn.transaction::<_, AppError, _>(async |conn| {
-        // Following the active branch: read its leaf under the conversation's lock, so two
-        // sends at once chain one after the other instead of forking silently.
-        let parent = match parent {
-            Parent::Active => {
-                Conversation::lock(conn, conversation.id).await?;
-                Conversation::find(conn, conversation.id)
-                    .await?
-                    .ok_or_else(|| AppError::not_found("conversation"))?
-                    .active_leaf_id
-            }
-            Parent::Under(id) => id,
-        };
+        let parent = turn_parent(conn, conversation.id, parent).await?;
         if switch_model {
             Conversation::update(
                 conn,
@@ -272,9 +279,29 @@ async fn insert_turn(
         )
         .await?;
         let admitted = admit(app, conn, viewer, conversation, &assistant, spec, prompt).await?;
-        Ok((Sent { user, assistant }, admitted))
+        Ok((Sent::one(user, assistant), admitted))
     })
     .await
+}
+
+/// The parent of a new user message, in the caller's transaction. Following the active
+/// branch: its leaf is read under the conversation's lock, so two sends at once chain one
+/// after the other instead of forking silently.
+pub(crate) async fn turn_parent(
+    conn: &mut AsyncPgConnection,
+    conversation_id: Uuid,
+    parent: Parent,
+) -> AppResult<Option<Uuid>> {
+    Ok(match parent {
+        Parent::Active => {
+            Conversation::lock(conn, conversation_id).await?;
+            Conversation::find(conn, conversation_id)
+                .await?
+                .ok_or_else(|| AppError::not_found("conversation"))?
+                .active_leaf_id
+        }
+        Parent::Under(id) => id,
+    })
 }
 
 pub async fn send(app: &Arc<App>, viewer: &Viewer, input: SendInput<'_>) -> AppResult<Sent> {
@@ -341,8 +368,8 @@ pub async fn send(app: &Arc<App>, viewer: &Viewer, input: SendInput<'_>) -> AppR
     launch(
         app,
         &conversation,
-        &[&sent.user, &sent.assistant],
-        &sent.assistant,
+        &[&sent.user, &sent.assistants[0]],
+        &sent.assistants[0],
         admitted,
     )
     .await;
@@ -459,8 +486,8 @@ pub async fn edit(
     launch(
         app,
         &conversation,
-        &[&sent.user, &sent.assistant],
-        &sent.assistant,
+        &[&sent.user, &sent.assistants[0]],
+        &sent.assistants[0],
         admitted,
     )
     .await;

@@ -4,6 +4,7 @@ mod common;
 
 mod accounts;
 mod agents;
+mod compare;
 mod conversations;
 mod fake_upstream;
 mod instances;

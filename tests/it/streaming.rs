@@ -304,7 +304,7 @@ async fn stop_keeps_the_partial_text() {
     assert_eq!(body["data"]["stopGeneration"]["content"], content);
 }
 
-fn openai_frames(words: &[&str]) -> Vec<String> {
+pub(crate) fn openai_frames(words: &[&str]) -> Vec<String> {
     let mut frames: Vec<String> = words
         .iter()
         .map(|w| format!("data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n", serde_json::to_string(w).expect("json")))
