@@ -14,10 +14,9 @@ use crate::conversations::service::{
     normalize_max_output_tokens, normalize_system_prompt, normalize_temperature,
 };
 use crate::error::AppError;
-use crate::graphql::loaders::UserLoader;
-use crate::graphql::{app, conn, loader, parse_id};
+use crate::graphql::{app, conn, parse_id};
 use crate::llm::decimal_f64;
-use crate::users::graphql::UserNode;
+use crate::users::graphql::{UserNode, user_by_id};
 
 #[derive(Debug, Clone)]
 pub struct AgentNode(pub Agent);
@@ -71,14 +70,7 @@ impl AgentNode {
     /// Who made the agent; null for the examples every workspace starts with, and when that
     /// account is gone.
     async fn created_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserNode>> {
-        let Some(id) = self.0.created_by else {
-            return Ok(None);
-        };
-        let user = loader::<UserLoader>(ctx)?
-            .load_one(id)
-            .await
-            .map_err(|e| AppError::internal(anyhow::anyhow!("loading user: {e}")))?;
-        Ok(user.map(UserNode::from))
+        user_by_id(ctx, self.0.created_by).await
     }
 
     async fn created_at(&self) -> DateTime<Utc> {

@@ -23,14 +23,14 @@ use crate::auth::Viewer;
 use crate::compare::elo::{self, Answer, Event, Opinion};
 use crate::compare::model::{Comparison, Entry, HEURISTIC, VoteRow, Votes};
 use crate::conversations::model::{Conversation, Message};
-use crate::conversations::service::{MessageInsert, insert_message, require_conversation};
+use crate::conversations::service::{insert_message, require_conversation};
 use crate::error::{AppError, AppResult, is_unique_violation};
 use crate::llm::catalog::ModelSpec;
 use crate::llm::keys::resolve_model;
 use crate::streaming::admission::Admitted;
 use crate::streaming::service::{
     Parent, Sent, admit, assistant_insert, estimate_prompt, launch, replay, turn_parent,
-    validate_content,
+    user_insert, validate_content,
 };
 use crate::workspaces::access::require;
 use crate::workspaces::model::Role;
@@ -199,17 +199,7 @@ async fn insert_fan_out(
         let parent = turn_parent(conn, conversation.id, parent).await?;
         let user = insert_message(
             conn,
-            &MessageInsert {
-                conversation_id: conversation.id,
-                parent_id: parent,
-                role: "USER",
-                content,
-                status: "COMPLETE",
-                model: None,
-                created_by: Some(viewer.user_id),
-                client_message_id,
-                runner_instance: None,
-            },
+            &user_insert(conversation.id, parent, content, viewer, client_message_id),
         )
         .await?;
         let mut assistants = Vec::with_capacity(specs.len());

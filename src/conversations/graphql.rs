@@ -17,13 +17,13 @@ use crate::conversations::service::{
 };
 use crate::error::AppError;
 use crate::graphql::loaders::{
-    AgentLoader, ConversationLoader, SiblingKey, SiblingsLoader, UserLoader, VoteKey, VoteTally,
-    VotesLoader, WorkspaceLoader,
+    AgentLoader, ConversationLoader, SiblingKey, SiblingsLoader, VoteKey, VoteTally, VotesLoader,
+    WorkspaceLoader,
 };
 use crate::graphql::pagination::{decode, encode, page_size};
 use crate::graphql::{app, conn, loader, parse_id};
 use crate::llm::decimal_f64;
-use crate::users::graphql::UserNode;
+use crate::users::graphql::{UserNode, user_by_id};
 use crate::workspaces::access::require;
 use crate::workspaces::graphql::WorkspaceNode;
 use crate::workspaces::model::Role;
@@ -110,14 +110,7 @@ impl ConversationNode {
 
     /// Who started the conversation; null when that account is gone.
     async fn created_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserNode>> {
-        let Some(id) = self.0.created_by else {
-            return Ok(None);
-        };
-        let user = loader::<UserLoader>(ctx)?
-            .load_one(id)
-            .await
-            .map_err(|e| AppError::internal(anyhow::anyhow!("loading user: {e}")))?;
-        Ok(user.map(UserNode::from))
+        user_by_id(ctx, self.0.created_by).await
     }
 
     async fn created_at(&self) -> DateTime<Utc> {

@@ -177,6 +177,27 @@ pub(crate) async fn launch(
     );
 }
 
+/// A user's message (`sendMessage`, `editMessage`), with its idempotency key.
+pub(crate) fn user_insert<'a>(
+    conversation_id: Uuid,
+    parent: Option<Uuid>,
+    content: &'a str,
+    viewer: &Viewer,
+    client_message_id: Option<&'a str>,
+) -> MessageInsert<'a> {
+    MessageInsert {
+        conversation_id,
+        parent_id: parent,
+        role: "USER",
+        content,
+        status: "COMPLETE",
+        model: None,
+        created_by: Some(viewer.user_id),
+        client_message_id,
+        runner_instance: None,
+    }
+}
+
 /// The assistant message of a generation this process will run: it records the process, so
 /// the others can tell it from an orphan (`streaming::instances`).
 pub(crate) fn assistant_insert<'a>(
@@ -260,17 +281,7 @@ async fn insert_turn(
         }
         let user = insert_message(
             conn,
-            &MessageInsert {
-                conversation_id: conversation.id,
-                parent_id: parent,
-                role: "USER",
-                content,
-                status: "COMPLETE",
-                model: None,
-                created_by: Some(viewer.user_id),
-                client_message_id,
-                runner_instance: None,
-            },
+            &user_insert(conversation.id, parent, content, viewer, client_message_id),
         )
         .await?;
         let assistant = insert_message(

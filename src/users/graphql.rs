@@ -34,6 +34,22 @@ impl UserNode {
     }
 }
 
+/// The user with this id, through the request's `UserLoader`; None for no id, or an account
+/// that is gone (the `createdBy` of agents, conversations, ...).
+pub async fn user_by_id(
+    ctx: &Context<'_>,
+    id: Option<Uuid>,
+) -> async_graphql::Result<Option<UserNode>> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let user = crate::graphql::loader::<crate::graphql::loaders::UserLoader>(ctx)?
+        .load_one(id)
+        .await
+        .map_err(|e| AppError::internal(anyhow::anyhow!("loading user: {e}")))?;
+    Ok(user.map(UserNode::from))
+}
+
 impl From<User> for UserNode {
     fn from(user: User) -> Self {
         UserNode {
