@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -369,6 +370,13 @@ pub async fn serve(
     let signalled = Arc::new(Notify::new());
     let notify = signalled.clone();
     let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Deltas are small frames written one at a time: Nagle's algorithm would hold each one
+    // back until the previous is acknowledged (delayed ACKs make that up to 40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections");

@@ -1,13 +1,19 @@
 //! Password hashing with argon2id (m = 19456 KiB, t = 2, p = 1: OWASP's recommendation).
 //!
-//! Hashing is deliberately slow, so it runs on tokio's blocking pool behind a semaphore: a
-//! burst of logins queues there instead of stalling the async workers or the whole machine.
+//! Hashing is deliberately slow (tens of milliseconds of a core each), so it runs on a few
+//! threads of its own, `PASSWORD_HASH_CONCURRENCY` of them, fed by one queue: a burst of logins
+//! waits there instead of stalling the async workers. On Linux those threads run at a lower
+//! priority (nice 10), so while the machine is busy the hashes take the cores' spare time, and
+//! reads and streams keep their latency: logins wait instead (measured in BENCHMARKS.md,
+//! scenario 6).
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::anyhow;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, oneshot};
 
 use crate::error::{AppError, AppResult};
 
@@ -16,8 +22,9 @@ pub const MAX_PASSWORD_CHARS: usize = 256;
 
 #[derive(Clone)]
 pub struct Passwords {
-    /// Bounds concurrent hashes: each costs ~19 MiB and a core for tens of milliseconds.
-    permits: Arc<Semaphore>,
+    /// The hashing threads' queue. Their number bounds concurrent hashes: each costs ~19 MiB
+    /// and a core for tens of milliseconds. They end when the last `Passwords` goes.
+    queue: Arc<Mutex<mpsc::Sender<Job>>>,
     /// A hash of a random password, verified against when the email is unknown so that
     /// answering "no such user" takes as long as "wrong password".
     dummy: Arc<OnceCell<String>>,
@@ -31,8 +38,20 @@ fn argon2() -> AppResult<Argon2<'static>> {
 
 impl Passwords {
     pub fn new(concurrency: usize) -> Self {
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..concurrency.max(1) {
+            let jobs = jobs.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || hashing_thread(&jobs));
+            if let Err(err) = spawned {
+                // Fewer threads, or none: `blocking` then answers INTERNAL.
+                tracing::error!(%err, "cannot start a password hashing thread");
+            }
+        }
         Passwords {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            queue: Arc::new(Mutex::new(queue)),
             dummy: Arc::new(OnceCell::new()),
         }
     }
@@ -81,14 +100,54 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> AppResult<T> + Send + 'static,
     ) -> AppResult<T> {
-        let _permit = self
-            .permits
-            .acquire()
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(work))
+                .unwrap_or_else(|_| Err(AppError::internal(anyhow!("password hashing panicked"))));
+            let _ = done.send(outcome);
+        });
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(job)
+            .map_err(|_| AppError::internal(anyhow!("no password hashing thread")))?;
+        result
             .await
-            .map_err(|e| AppError::internal(anyhow!("password pool closed: {e}")))?;
-        tokio::task::spawn_blocking(work).await?
+            .map_err(|_| AppError::internal(anyhow!("no password hashing thread")))?
     }
 }
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One hashing thread: lowers its own priority, then runs jobs until the queue closes.
+fn hashing_thread(jobs: &Mutex<mpsc::Receiver<Job>>) {
+    lower_priority();
+    loop {
+        // The lock is held while waiting only: one thread waits, the others queue on the lock.
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Nice 10 for the calling thread (on Linux, priorities are per thread).
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take no pointers; they only read and set the calling
+    // thread's scheduling priority.
+    let failed = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0
+    };
+    if failed {
+        tracing::debug!("cannot lower the password hashing thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 /// Checks the length rules: 12 to 256 characters; longer is rejected, never truncated.
 pub fn validate_new_password(field: &str, password: &str) -> AppResult<()> {

@@ -33,6 +33,10 @@ use tracing::Instrument;
 
 /// Largest WebSocket message a client may send (a subscribe with its variables).
 pub const WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// A WebSocket's read buffer (tungstenite's default is 128 KiB per connection).
+const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// How much a WebSocket buffers before writing (also 128 KiB by default).
+const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
 /// The legacy subprotocol (Apollo's subscriptions-transport-ws), still served by async-graphql.
 const LEGACY_WS_PROTOCOL: &str = "graphql-ws";
@@ -516,7 +520,12 @@ async fn websocket(state: AppState, peer: SocketAddr, request: Request<Body>) ->
     let upgrade = upgrade
         .protocols([protocol_name])
         .max_message_size(WS_MAX_MESSAGE_BYTES)
-        .max_frame_size(WS_MAX_MESSAGE_BYTES);
+        .max_frame_size(WS_MAX_MESSAGE_BYTES)
+        // tungstenite reserves 128 KiB for reading up front: most of an idle subscription's
+        // memory. Client messages are small; the buffer grows for the rare large one.
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        // Each frame is flushed when sent; a small buffer is all that batching needs.
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES);
     let schema = state.schema.clone();
     let app = state.app.clone();
     if protocol == WsProtocol::TransportWs {

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::conversations::model::{Conversation, Message};
+use crate::error::AppResult;
 use crate::llm::context::{self, ContextError};
 use crate::llm::{ChatMessage, ChatRequest, ChatRole, Chunk, Usage};
 use crate::streaming::admission::{Admitted, Used};
@@ -343,14 +344,18 @@ async fn generate(
     let mut content = String::new();
     let mut usage = None;
     let mut seq = 0u32;
-    let mut dirty = false;
+    // The newest `seq` written to Postgres (or being written).
+    let mut flushed = 0u32;
     let mut stop_open = true;
     // Ticks whether or not text flows: a flush when there is new text, otherwise a read of
-    // the stop flag once `STOP_POLL_EVERY` has passed since the last look at it.
+    // the stop flag once `STOP_POLL_EVERY` has passed since the last look at it. The write
+    // runs beside the stream, never in its way: a slow database (a busy pool, a long row)
+    // must not hold back the deltas.
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.tick().await;
     let mut flag_seen_at = tokio::time::Instant::now();
+    let mut looking: Option<Look> = None;
     loop {
         tokio::select! {
             biased;
@@ -372,30 +377,14 @@ async fn generate(
                     }
                 }
             }
-            _ = flush.tick() => {
-                let looked = if dirty {
-                    let write = async {
-                        let mut conn = app.db.get().await?;
-                        Ok::<_, crate::error::AppError>(
-                            Message::flush_content(&mut conn, g.message_id, &content, seq as i32, first_token.map(|at| at.elapsed())).await?,
-                        )
-                    };
-                    let written = write.await;
-                    if written.is_ok() {
-                        dirty = false;
-                    }
-                    written
-                } else if flag_seen_at.elapsed() >= STOP_POLL_EVERY {
-                    let read = async {
-                        let mut conn = app.db.get().await?;
-                        Ok::<_, crate::error::AppError>(
-                            Message::stop_requested(&mut conn, g.message_id).await?,
-                        )
-                    };
-                    read.await
-                } else {
-                    continue;
-                };
+            looked = async {
+                match looking.as_mut() {
+                    Some(look) => (&mut look.task).await,
+                    None => std::future::pending().await,
+                }
+            }, if looking.is_some() => {
+                let wrote = looking.take().map_or(0, |look| look.seq);
+                let looked = looked.unwrap_or_else(|err| Err(crate::error::AppError::Internal(err.into())));
                 match looked {
                     Ok(Some(false)) => flag_seen_at = tokio::time::Instant::now(),
                     // stopGeneration, received by whichever process.
@@ -410,7 +399,21 @@ async fn generate(
                         let usage = settled(usage, &content);
                         return Outcome::failed(content, seq, usage, "the generation was ended elsewhere");
                     }
-                    Err(err) => tracing::warn!(message_id = %g.message_id, ?err, "cannot flush partial content or read the stop flag"),
+                    Err(err) => {
+                        // Written again at the next tick.
+                        if wrote > 0 {
+                            flushed = 0;
+                        }
+                        tracing::warn!(message_id = %g.message_id, ?err, "cannot flush partial content or read the stop flag");
+                    }
+                }
+            }
+            _ = flush.tick(), if looking.is_none() => {
+                if flushed < seq {
+                    flushed = seq;
+                    looking = Some(Look::flush(app, g.message_id, content.clone(), seq, *first_token));
+                } else if flag_seen_at.elapsed() >= STOP_POLL_EVERY {
+                    looking = Some(Look::stop_flag(app, g.message_id));
                 }
             }
             item = stream.next() => match item {
@@ -420,7 +423,6 @@ async fn generate(
                     }
                     seq += 1;
                     content.push_str(&text);
-                    dirty = true;
                     app.hub.publish_delta(g.message_id, g.conversation_id, seq, text).await;
                     crate::metrics::delta_relayed(&g.model);
                 }
@@ -435,5 +437,48 @@ async fn generate(
                 }
             },
         }
+    }
+}
+
+/// A flush of the partial content, or a read of the stop flag, in a task of its own beside
+/// the stream. Its result is the message's `stop_requested` (None: the generation is no
+/// longer in progress). A generation that ends while one runs lets it finish: the final write
+/// filters on the status, so a late flush cannot overwrite the end.
+struct Look {
+    /// The `seq` a flush writes (0 for a read).
+    seq: u32,
+    task: tokio::task::JoinHandle<AppResult<Option<bool>>>,
+}
+
+impl Look {
+    fn flush(
+        app: &Arc<App>,
+        message_id: Uuid,
+        content: String,
+        seq: u32,
+        first_token: Option<tokio::time::Instant>,
+    ) -> Self {
+        let app = app.clone();
+        let task = tokio::spawn(async move {
+            let mut conn = app.db.get().await?;
+            Ok(Message::flush_content(
+                &mut conn,
+                message_id,
+                &content,
+                seq as i32,
+                first_token.map(|at| at.elapsed()),
+            )
+            .await?)
+        });
+        Look { seq, task }
+    }
+
+    fn stop_flag(app: &Arc<App>, message_id: Uuid) -> Self {
+        let app = app.clone();
+        let task = tokio::spawn(async move {
+            let mut conn = app.db.get().await?;
+            Ok(Message::stop_requested(&mut conn, message_id).await?)
+        });
+        Look { seq: 0, task }
     }
 }
