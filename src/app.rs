@@ -68,6 +68,8 @@ pub struct App {
     /// This process among those sharing the database: its row in `instances`, and the
     /// `runner_instance` of the generations it runs. Random per process.
     pub instance_id: Uuid,
+    /// The messages conversation events carry, read once for all their subscribers.
+    pub event_loads: crate::streaming::shared::EventLoads,
 }
 
 /// A lazily connected, self-reconnecting Redis connection.
@@ -147,6 +149,7 @@ impl App {
             )),
         };
         Ok(App {
+            event_loads: Default::default(),
             admission: Arc::new(QuotaAdmission {
                 db: db.clone(),
                 hub: hub.clone(),

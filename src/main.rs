@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use colloquy::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than the system allocator: a relay allocates and frees small buffers for
+/// every delta on every connection, and glibc's malloc spent ~10 % of the server's CPU on them
+/// and kept more memory per idle connection (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "colloquy",

@@ -312,6 +312,21 @@ impl Conversation {
             .optional()
     }
 
+    /// Locks the conversation row until the transaction ends and returns its active leaf
+    /// (None: no such conversation).
+    pub async fn lock_leaf(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+    ) -> QueryResult<Option<Option<Uuid>>> {
+        conversations::table
+            .find(id)
+            .select(conversations::active_leaf_id)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()
+    }
+
     /// Points the conversation at `leaf` and refreshes the counters that follow from it.
     /// `touched` also moves its activity time (a new message, not a branch switch).
     pub async fn set_active_leaf(

@@ -220,52 +220,62 @@ pub struct MessageInsert<'a> {
 }
 
 /// Inserts a message into the tree and makes it the conversation's active leaf, updating the
-/// listing counters, in one transaction (a savepoint when the caller already has one).
+/// listing counters, in one transaction (the caller's when it has one).
 /// The caller has checked access. Unknown conversation: NOT_FOUND; a parent from elsewhere:
 /// BAD_USER_INPUT.
 pub async fn insert_message(
     conn: &mut AsyncPgConnection,
     insert: &MessageInsert<'_>,
 ) -> AppResult<Message> {
-    conn.transaction::<_, AppError, _>(async |conn| {
-        let seq = Conversation::next_seq(conn, insert.conversation_id)
-            .await?
-            .ok_or_else(|| AppError::not_found("conversation"))?;
-        let depth = match insert.parent_id {
-            None => 1,
-            Some(parent) => {
-                Message::depth_in(conn, parent, insert.conversation_id)
-                    .await?
-                    .ok_or_else(|| {
-                        AppError::bad_input("parentId", "no such message in this conversation")
-                    })?
-                    + 1
-            }
-        };
-        let finished = matches!(insert.status, "COMPLETE" | "CANCELLED" | "FAILED");
-        let message = Message::insert(
-            conn,
-            &NewMessage {
-                id: Uuid::now_v7(),
-                conversation_id: insert.conversation_id,
-                parent_id: insert.parent_id,
-                seq,
-                depth,
-                role: insert.role,
-                content: insert.content,
-                status: insert.status,
-                model: insert.model,
-                created_by: insert.created_by,
-                completed_at: finished.then(chrono::Utc::now),
-                client_message_id: insert.client_message_id,
-                runner_instance: insert.runner_instance,
-            },
-        )
-        .await?;
-        Conversation::set_active_leaf(conn, insert.conversation_id, &message, true).await?;
-        Ok(message)
-    })
-    .await
+    // Inside the caller's transaction: no savepoint (two more round trips). Every caller
+    // ends its transaction on an error from here, so a partial rollback is never needed.
+    if crate::db::in_transaction(conn) {
+        return insert_message_now(conn, insert).await;
+    }
+    conn.transaction::<_, AppError, _>(async |conn| insert_message_now(conn, insert).await)
+        .await
+}
+
+async fn insert_message_now(
+    conn: &mut AsyncPgConnection,
+    insert: &MessageInsert<'_>,
+) -> AppResult<Message> {
+    let seq = Conversation::next_seq(conn, insert.conversation_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("conversation"))?;
+    let depth = match insert.parent_id {
+        None => 1,
+        Some(parent) => {
+            Message::depth_in(conn, parent, insert.conversation_id)
+                .await?
+                .ok_or_else(|| {
+                    AppError::bad_input("parentId", "no such message in this conversation")
+                })?
+                + 1
+        }
+    };
+    let finished = matches!(insert.status, "COMPLETE" | "CANCELLED" | "FAILED");
+    let message = Message::insert(
+        conn,
+        &NewMessage {
+            id: Uuid::now_v7(),
+            conversation_id: insert.conversation_id,
+            parent_id: insert.parent_id,
+            seq,
+            depth,
+            role: insert.role,
+            content: insert.content,
+            status: insert.status,
+            model: insert.model,
+            created_by: insert.created_by,
+            completed_at: finished.then(chrono::Utc::now),
+            client_message_id: insert.client_message_id,
+            runner_instance: insert.runner_instance,
+        },
+    )
+    .await?;
+    Conversation::set_active_leaf(conn, insert.conversation_id, &message, true).await?;
+    Ok(message)
 }
 
 /// Makes the newest leaf under `message_id` the active one, so the chat continues from

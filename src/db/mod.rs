@@ -8,8 +8,10 @@ pub mod schema;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -28,7 +30,15 @@ pub type DbConn = Object<AsyncPgConnection>;
 /// Builds the pool. Connections are opened lazily; `wait_timeout` bounds how long a request
 /// waits for one, so an exhausted or unreachable database fails a request instead of hanging.
 pub fn pool(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(config.url.clone());
+    // Fast recycling: a pooled connection is handed out as it is, without a `SELECT 1` first
+    // (a round trip on every checkout). One whose socket closed, or left in a broken
+    // transaction, is still discarded.
+    let mut manager_config = ManagerConfig::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        config.url.clone(),
+        manager_config,
+    );
     Pool::builder(manager)
         .max_size(config.pool_size)
         .wait_timeout(Some(config.pool_timeout))
@@ -37,6 +47,15 @@ pub fn pool(config: &DatabaseConfig) -> anyhow::Result<DbPool> {
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .context("cannot build the database pool")
+}
+
+/// Whether `conn` is inside a transaction (begun with `AsyncConnection::transaction`).
+pub fn in_transaction(conn: &mut AsyncPgConnection) -> bool {
+    use diesel_async::{AnsiTransactionManager, TransactionManager};
+    matches!(
+        AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth(),
+        Ok(Some(_))
+    )
 }
 
 /// Creates the database named in `url` when it does not exist yet, then runs every pending

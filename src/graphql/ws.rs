@@ -456,12 +456,14 @@ impl Connection {
                 }
                 // Messages before finished operations: a burst is read in order, so an id
                 // reused within it is seen while its first operation is still on the table.
+                // Handled in boxes: an idle socket's future holds only what waiting needs, not
+                // the largest state of handling a message (most of an idle connection's size).
                 message = incoming.next() => match message {
                     None => Err(End::Stop),
-                    Some(Ok(message)) => self.on_message(message).await,
+                    Some(Ok(message)) => Box::pin(self.on_message(message)).await,
                     Some(Err(e)) => Err(read_error(&e)),
                 },
-                Some(joined) = self.tasks.join_next_with_id() => self.on_finished(joined).await,
+                Some(joined) = self.tasks.join_next_with_id() => Box::pin(self.on_finished(joined)).await,
             };
             if let Err(end) = result {
                 return end;
@@ -671,11 +673,14 @@ async fn execute(
     out: mpsc::Sender<Message>,
 ) -> (String, Outcome) {
     let _active = crate::metrics::subscription();
+    // Boxed, so a subscription's task does not keep room for the check while it waits.
     if let Some(admit) = admit
-        && let Err(err) = admit
-            .limiter
-            .check_n(admit.class, &admit.subject, admit.cells)
-            .await
+        && let Err(err) = Box::pin(
+            admit
+                .limiter
+                .check_n(admit.class, &admit.subject, admit.cells),
+        )
+        .await
     {
         return (id, Outcome::Error(vec![app_server_error(err)]));
     }

@@ -21,6 +21,7 @@ use crate::graphql::{app, parse_id};
 use crate::streaming::guard::{Scope, guarded};
 use crate::streaming::hub::{ConversationEvent as HubEvent, GenerationEvent};
 use crate::streaming::service::{self, SendInput};
+use crate::streaming::shared::MessageEvent;
 
 #[derive(InputObject)]
 pub struct SendMessageInput {
@@ -254,7 +255,7 @@ fn watched(
                     Ok(Some(event)) => return Some((event, Some(events))),
                     Ok(None) => return None,
                     Err(_) => {
-                        let ended = load_message(&app, message_id)
+                        let ended = Box::pin(load_message(&app, message_id))
                             .await
                             .ok()
                             .flatten()
@@ -283,7 +284,7 @@ async fn message_events(
         let app = app.clone();
         return events
             .map(move |event| (event, app.clone(), id.clone()))
-            .then(move |(event, app, id)| async move {
+            .then(move |(event, app, id)| Box::pin(async move {
                 match event {
                     GenerationEvent::Delta { seq, text } => {
                         Some(Ok(MessageStreamEvent::MessageDelta(MessageDelta {
@@ -309,7 +310,7 @@ async fn message_events(
                     )
                     .into())),
                 }
-            })
+            }))
             .take_while(|event| std::future::ready(event.is_some()))
             .filter_map(std::future::ready)
             .scan(false, |done, event| {
@@ -403,12 +404,22 @@ impl StreamingSubscription {
         let events = app.hub.subscribe_conversation(conversation_id).await;
         let guard_app = app.clone();
         let events = events
+            // Each event's work in a box of its own, made while it is handled: an idle
+            // subscription then holds only the stream, not room for the loads below.
             .then(move |event| {
                 let app = app.clone();
-                async move {
-                    let message = |id| {
+                Box::pin(async move {
+                    // Read once for every subscriber of this process (`streaming::shared`).
+                    let message = |event, id| {
                         let app = app.clone();
-                        async move { load_message(&app, id).await.ok().flatten().map(MessageNode) }
+                        async move {
+                            app.event_loads
+                                .message(&app, event, id)
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(MessageNode)
+                        }
                     };
                     let event = match event {
                         HubEvent::Interrupted => {
@@ -419,7 +430,7 @@ impl StreamingSubscription {
                             .into()));
                         }
                         HubEvent::MessageCreated { message_id } => {
-                            message(message_id).await.map(|m| {
+                            message(MessageEvent::Created, message_id).await.map(|m| {
                                 ConversationEvent::MessageCreated(MessageCreated { message: m })
                             })
                         }
@@ -433,7 +444,7 @@ impl StreamingSubscription {
                             text,
                         })),
                         HubEvent::MessageFinished { message_id } => {
-                            message(message_id).await.map(|m| {
+                            message(MessageEvent::Finished, message_id).await.map(|m| {
                                 ConversationEvent::MessageFinished(MessageFinished {
                                     message: Box::new(m),
                                 })
@@ -465,7 +476,7 @@ impl StreamingSubscription {
                         }
                     };
                     event.map(Ok)
-                }
+                })
             })
             .filter_map(std::future::ready)
             // An error ends the subscription.

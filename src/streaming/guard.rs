@@ -86,7 +86,8 @@ pub fn guarded<T: Send + 'static>(
         let item = g.events.next().await?;
         let expired = chrono::Utc::now().timestamp() >= g.viewer.expires_at;
         if expired || g.checked.elapsed() >= RECHECK {
-            if let Err(err) = still_allowed(&g.app, &g.viewer, g.scope).await {
+            // Boxed: the stream's resting size would otherwise include the whole check.
+            if let Err(err) = Box::pin(still_allowed(&g.app, &g.viewer, g.scope)).await {
                 g.done = true;
                 return Some((Err(err.into()), g));
             }

@@ -21,3 +21,4 @@ pub mod jobs;
 pub mod redis_hub;
 pub mod runner;
 pub mod service;
+pub mod shared;

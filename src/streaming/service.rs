@@ -304,13 +304,9 @@ pub(crate) async fn turn_parent(
     parent: Parent,
 ) -> AppResult<Option<Uuid>> {
     Ok(match parent {
-        Parent::Active => {
-            Conversation::lock(conn, conversation_id).await?;
-            Conversation::find(conn, conversation_id)
-                .await?
-                .ok_or_else(|| AppError::not_found("conversation"))?
-                .active_leaf_id
-        }
+        Parent::Active => Conversation::lock_leaf(conn, conversation_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("conversation"))?,
         Parent::Under(id) => id,
     })
 }

@@ -42,77 +42,94 @@ pub struct ReserveRequest<'a> {
 
 /// Reserves prompt + max output tokens and one message for a generation; QUOTA_EXCEEDED
 /// (with `resetsAt`) when the workspace or the member has not that much left. Runs in a
-/// transaction (a savepoint inside the caller's). Returns the reservation id.
+/// transaction (the caller's when it has one). Returns the reservation id.
 pub async fn reserve(
     conn: &mut AsyncPgConnection,
     request: &ReserveRequest<'_>,
 ) -> AppResult<Uuid> {
     let tokens = request.prompt_tokens + request.max_output_tokens;
-    conn.transaction::<_, AppError, _>(async |conn| {
-        let started: Option<Started> = diesel::sql_query(format!(
-            "UPDATE workspace_quotas q SET \
-                 tokens_used = CASE WHEN q.period_start < {CURRENT} THEN 0 ELSE q.tokens_used END, \
-                 messages_used = CASE WHEN q.period_start < {CURRENT} THEN 0 ELSE q.messages_used END + 1, \
-                 period_start = GREATEST(q.period_start, {CURRENT}), \
-                 tokens_reserved = q.tokens_reserved + $2, \
-                 updated_at = now() \
-             WHERE q.workspace_id = $1 \
-               AND (q.token_limit IS NULL OR \
-                    (CASE WHEN q.period_start < {CURRENT} THEN 0 ELSE q.tokens_used END) \
-                    + q.tokens_reserved + $2 <= q.token_limit) \
-               AND (q.message_limit IS NULL OR \
-                    (CASE WHEN q.period_start < {CURRENT} THEN 0 ELSE q.messages_used END) \
-                    + 1 <= q.message_limit) \
-             RETURNING q.period_start"
-        ))
-        .bind::<SqlUuid, _>(request.workspace_id)
-        .bind::<BigInt, _>(tokens)
-        .get_result(conn)
+    // Inside the caller's transaction: no savepoint (two more round trips). Every caller
+    // ends its transaction on an error from here, so a partial rollback is never needed.
+    if crate::db::in_transaction(conn) {
+        return reserve_now(conn, request, tokens).await;
+    }
+    conn.transaction::<_, AppError, _>(async |conn| reserve_now(conn, request, tokens).await)
         .await
-        .optional()?;
-        let Some(started) = started else {
-            return Err(exceeded(conn, request.workspace_id, tokens, "the workspace").await);
-        };
-        let member: Option<Started> = diesel::sql_query(
-            "UPDATE workspace_members m SET \
-                 tokens_used = CASE WHEN m.period_start IS NULL OR m.period_start < $3 THEN 0 ELSE m.tokens_used END, \
-                 period_start = $3, \
-                 tokens_reserved = m.tokens_reserved + $4 \
-             WHERE m.workspace_id = $1 AND m.user_id = $2 \
-               AND (m.token_limit IS NULL OR \
-                    (CASE WHEN m.period_start IS NULL OR m.period_start < $3 THEN 0 ELSE m.tokens_used END) \
-                    + m.tokens_reserved + $4 <= m.token_limit) \
-             RETURNING m.period_start",
-        )
-        .bind::<SqlUuid, _>(request.workspace_id)
-        .bind::<SqlUuid, _>(request.user_id)
-        .bind::<Timestamptz, _>(started.period_start)
-        .bind::<BigInt, _>(tokens)
-        .get_result(conn)
-        .await
-        .optional()?;
-        if member.is_none() {
-            return Err(exceeded(conn, request.workspace_id, tokens, "your budget in this workspace").await);
-        }
-        let id = Uuid::now_v7();
-        let expires_at = Utc::now()
-            + chrono::Duration::from_std(request.ttl).unwrap_or_else(|_| chrono::Duration::minutes(30));
-        diesel::insert_into(quota_reservations::table)
-            .values((
-                quota_reservations::id.eq(id),
-                quota_reservations::workspace_id.eq(request.workspace_id),
-                quota_reservations::user_id.eq(Some(request.user_id)),
-                quota_reservations::message_id.eq(Some(request.message_id)),
-                quota_reservations::model.eq(request.model),
-                quota_reservations::tokens.eq(tokens),
-                quota_reservations::prompt_tokens.eq(request.prompt_tokens),
-                quota_reservations::expires_at.eq(expires_at),
-            ))
-            .execute(conn)
-            .await?;
-        Ok(id)
-    })
+}
+
+async fn reserve_now(
+    conn: &mut AsyncPgConnection,
+    request: &ReserveRequest<'_>,
+    tokens: i64,
+) -> AppResult<Uuid> {
+    let started: Option<Started> = diesel::sql_query(format!(
+        "UPDATE workspace_quotas q SET \
+             tokens_used = CASE WHEN q.period_start < {CURRENT} THEN 0 ELSE q.tokens_used END, \
+             messages_used = CASE WHEN q.period_start < {CURRENT} THEN 0 ELSE q.messages_used END + 1, \
+             period_start = GREATEST(q.period_start, {CURRENT}), \
+             tokens_reserved = q.tokens_reserved + $2, \
+             updated_at = now() \
+         WHERE q.workspace_id = $1 \
+           AND (q.token_limit IS NULL OR \
+                (CASE WHEN q.period_start < {CURRENT} THEN 0 ELSE q.tokens_used END) \
+                + q.tokens_reserved + $2 <= q.token_limit) \
+           AND (q.message_limit IS NULL OR \
+                (CASE WHEN q.period_start < {CURRENT} THEN 0 ELSE q.messages_used END) \
+                + 1 <= q.message_limit) \
+         RETURNING q.period_start"
+    ))
+    .bind::<SqlUuid, _>(request.workspace_id)
+    .bind::<BigInt, _>(tokens)
+    .get_result(conn)
     .await
+    .optional()?;
+    let Some(started) = started else {
+        return Err(exceeded(conn, request.workspace_id, tokens, "the workspace").await);
+    };
+    let member: Option<Started> = diesel::sql_query(
+        "UPDATE workspace_members m SET \
+             tokens_used = CASE WHEN m.period_start IS NULL OR m.period_start < $3 THEN 0 ELSE m.tokens_used END, \
+             period_start = $3, \
+             tokens_reserved = m.tokens_reserved + $4 \
+         WHERE m.workspace_id = $1 AND m.user_id = $2 \
+           AND (m.token_limit IS NULL OR \
+                (CASE WHEN m.period_start IS NULL OR m.period_start < $3 THEN 0 ELSE m.tokens_used END) \
+                + m.tokens_reserved + $4 <= m.token_limit) \
+         RETURNING m.period_start",
+    )
+    .bind::<SqlUuid, _>(request.workspace_id)
+    .bind::<SqlUuid, _>(request.user_id)
+    .bind::<Timestamptz, _>(started.period_start)
+    .bind::<BigInt, _>(tokens)
+    .get_result(conn)
+    .await
+    .optional()?;
+    if member.is_none() {
+        return Err(exceeded(
+            conn,
+            request.workspace_id,
+            tokens,
+            "your budget in this workspace",
+        )
+        .await);
+    }
+    let id = Uuid::now_v7();
+    let expires_at = Utc::now()
+        + chrono::Duration::from_std(request.ttl).unwrap_or_else(|_| chrono::Duration::minutes(30));
+    diesel::insert_into(quota_reservations::table)
+        .values((
+            quota_reservations::id.eq(id),
+            quota_reservations::workspace_id.eq(request.workspace_id),
+            quota_reservations::user_id.eq(Some(request.user_id)),
+            quota_reservations::message_id.eq(Some(request.message_id)),
+            quota_reservations::model.eq(request.model),
+            quota_reservations::tokens.eq(tokens),
+            quota_reservations::prompt_tokens.eq(request.prompt_tokens),
+            quota_reservations::expires_at.eq(expires_at),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(id)
 }
 
 /// The QUOTA_EXCEEDED error, with when the period resets.

@@ -615,6 +615,46 @@ async fn search_ranks_highlights_and_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_found_once_they_have_ended() {
+    let app = TestApp::spawn().await;
+    let a = app.register("s3@example.com").await;
+    let ws = app.personal_workspace(&a).await;
+    let c = app.create_conversation(&a, &ws, "Marsupials").await;
+    let question = app
+        .insert_message(&c, None, "USER", "Tell me about them")
+        .await;
+    let answer = app
+        .insert_generation(&c, &question, "The quokka lives on Rottnest", None)
+        .await;
+    let search = "query($ws: ID!, $q: String!) {
+        searchConversations(workspaceId: $ws, query: $q) { edges { snippet node { id } } } }";
+    let found = |body: &Value| {
+        body["data"]["searchConversations"]["edges"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .len()
+    };
+    let body = app
+        .gql_as(Some(&a.access), search, json!({ "ws": ws, "q": "quokka" }))
+        .await;
+    assert_eq!(found(&body), 0, "a streaming answer is not indexed: {body}");
+
+    diesel::sql_query("UPDATE messages SET status = 'CANCELLED' WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(answer)
+        .execute(&mut app.db().await)
+        .await
+        .expect("end the answer");
+    let body = app
+        .gql_as(Some(&a.access), search, json!({ "ws": ws, "q": "quokka" }))
+        .await;
+    assert_eq!(found(&body), 1, "an ended answer is: {body}");
+    let snippet = body["data"]["searchConversations"]["edges"][0]["snippet"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(snippet.contains("<mark>quokka</mark>"), "{snippet}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_the_active_branch() {
     let app = TestApp::spawn().await;
     let a = app.register("e@example.com").await;
