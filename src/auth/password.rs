@@ -2,10 +2,9 @@
 //!
 //! Hashing is deliberately slow (tens of milliseconds of a core each), so it runs on a few
 //! threads of its own, `PASSWORD_HASH_CONCURRENCY` of them, fed by one queue: a burst of logins
-//! waits there instead of stalling the async workers. On Linux those threads run at a lower
-//! priority (nice 10), so while the machine is busy the hashes take the cores' spare time, and
-//! reads and streams keep their latency: logins wait instead (measured in BENCHMARKS.md,
-//! scenario 6).
+//! waits there instead of stalling the async workers. On Linux those threads are SCHED_IDLE:
+//! hashes take the cores' spare time, and reads and streams keep their latency while logins
+//! wait instead (BENCHMARKS.md, scenario 6).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
@@ -132,15 +131,16 @@ fn hashing_thread(jobs: &Mutex<mpsc::Receiver<Job>>) {
     }
 }
 
-/// Nice 10 for the calling thread (on Linux, priorities are per thread).
+/// SCHED_IDLE for the calling thread (on Linux, scheduling policies are per thread): it runs
+/// on cores nothing else wants, and any other thread that wakes up takes the core at once.
+/// A nice value was not enough: the kernel lets a running thread finish its slice (a few
+/// milliseconds) before a woken one runs, and a read makes a dozen such wake-ups.
 #[cfg(target_os = "linux")]
 fn lower_priority() {
-    // SAFETY: gettid and setpriority take no pointers; they only read and set the calling
-    // thread's scheduling priority.
-    let failed = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0
-    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is the calling
+    // thread. Lowering one's own priority needs no privilege.
+    let failed = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 };
     if failed {
         tracing::debug!("cannot lower the password hashing thread's priority");
     }
