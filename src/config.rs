@@ -380,11 +380,12 @@ impl Config {
                 password_reset_ttl: Duration::from_secs(
                     env.parse::<u64>("PASSWORD_RESET_TTL_MINS", "30")? * 60,
                 ),
+                // Half the cores (at least one): logins never take the whole machine.
                 password_hash_concurrency: env.parse(
                     "PASSWORD_HASH_CONCURRENCY",
                     &std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(2)
+                        .map(|n| (n.get() / 2).max(1))
+                        .unwrap_or(1)
                         .to_string(),
                 )?,
                 password_reset_url: env

@@ -141,8 +141,10 @@ pub fn generation_ended(model: &str, status: &'static str) {
 }
 
 /// A delta event published to subscribers.
-pub fn delta_relayed(model: &str) {
-    counter!("colloquy_deltas_relayed_total", "model" => model.to_owned()).increment(1);
+/// The counter of deltas relayed for `model`: taken once per generation, then incremented per
+/// delta without looking it up again.
+pub fn deltas_relayed(model: &str) -> metrics::Counter {
+    counter!("colloquy_deltas_relayed_total", "model" => model.to_owned())
 }
 
 /// The time from a provider request to its first text.

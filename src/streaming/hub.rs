@@ -123,7 +123,7 @@ impl Generation {
         Generation {
             buffer: VecDeque::new(),
             finished_at: None,
-            live: broadcast::channel(LIVE_CAPACITY).0,
+            live: broadcast::channel(GENERATION_LIVE_CAPACITY).0,
             stop,
         }
     }
@@ -142,7 +142,11 @@ pub struct InProcessHub {
     inner: Arc<Inner>,
 }
 
-/// Live channels are bounded; a subscriber that falls behind re-syncs from the buffer.
+/// A generation's live channel is bounded; a subscriber that falls behind re-syncs from the
+/// buffer, so it can be small: its slots are allocated up front, for every generation, kept
+/// for the retention after the end (1024 slots were 64 KiB and most of a generation's cost).
+const GENERATION_LIVE_CAPACITY: usize = 128;
+/// A conversation's live channel: a subscriber that falls behind it skips ahead.
 const LIVE_CAPACITY: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 

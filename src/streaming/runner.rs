@@ -356,6 +356,7 @@ async fn generate(
     flush.tick().await;
     let mut flag_seen_at = tokio::time::Instant::now();
     let mut looking: Option<Look> = None;
+    let relayed = crate::metrics::deltas_relayed(&g.model);
     loop {
         tokio::select! {
             biased;
@@ -424,7 +425,7 @@ async fn generate(
                     seq += 1;
                     content.push_str(&text);
                     app.hub.publish_delta(g.message_id, g.conversation_id, seq, text).await;
-                    crate::metrics::delta_relayed(&g.model);
+                    relayed.increment(1);
                 }
                 Some(Ok(Chunk::Usage(u))) => usage = Some(u),
                 Some(Ok(Chunk::Finish(_))) => {}
