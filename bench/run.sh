@@ -289,3 +289,7 @@ for n in "${NOTES[@]}"; do NOTE_ARGS+=(--note "$n"); done
 "$LOADGEN" report --results "$RESULTS" --output "$OUTPUT" --commit "$COMMIT" \
   --command "$COMMAND" --date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --duration "$((ELAPSED / 60)) min $((ELAPSED % 60)) s (builds included)" "${NOTE_ARGS[@]}"
+# The record of what profiling found and what changed, kept by hand in bench/findings.md.
+if [ -f bench/findings.md ]; then
+  { echo; cat bench/findings.md; } >> "$OUTPUT"
+fi
