@@ -46,7 +46,7 @@ pub struct App {
     pub db: DbPool,
     /// Present when `REDIS_URL` is set: readiness now, limits and fan-out later.
     pub redis: Option<RedisConn>,
-    /// argon2id on a bounded blocking pool.
+    /// argon2id on a few low-priority threads of its own.
     pub passwords: Passwords,
     /// Signs and verifies access tokens.
     pub tokens: TokenKeys,

@@ -174,7 +174,7 @@ pub struct AuthConfig {
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     pub password_reset_ttl: Duration,
-    /// How many argon2 hashes may run at once on the blocking pool.
+    /// How many argon2 hashes may run at once (the hashing threads).
     pub password_hash_concurrency: usize,
     /// The link mailed for a password reset; `?token=...` is appended.
     pub password_reset_url: String,
