@@ -140,7 +140,6 @@ pub fn generation_ended(model: &str, status: &'static str) {
         .increment(1);
 }
 
-/// A delta event published to subscribers.
 /// The counter of deltas relayed for `model`: taken once per generation, then incremented per
 /// delta without looking it up again.
 pub fn deltas_relayed(model: &str) -> metrics::Counter {

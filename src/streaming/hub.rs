@@ -147,7 +147,7 @@ pub struct InProcessHub {
 /// for the retention after the end (1024 slots were 64 KiB and most of a generation's cost).
 const GENERATION_LIVE_CAPACITY: usize = 128;
 /// A conversation's live channel: a subscriber that falls behind it skips ahead.
-const LIVE_CAPACITY: usize = 1024;
+const CONVERSATION_LIVE_CAPACITY: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -355,7 +355,7 @@ impl InProcessHub {
                 .is_none_or(|tx| tx.receiver_count() == 0);
             let rx = conversations
                 .entry(conversation_id)
-                .or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0)
+                .or_insert_with(|| broadcast::channel(CONVERSATION_LIVE_CAPACITY).0)
                 .subscribe();
             (rx, first)
         };
